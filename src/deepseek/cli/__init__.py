@@ -1,0 +1,1 @@
+"""The ``deepseek`` command line (``deepseek --help``)."""

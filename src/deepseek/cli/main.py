@@ -1,0 +1,202 @@
+"""``deepseek train | eval | config validate | list | launch``.
+
+Bad input (a config error, an unknown name, a missing checkpoint) prints one ``error:`` line per
+problem to stderr and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+BUNDLED_CONFIG = "quickstart.yaml"
+
+
+class UsageError(Exception):
+    """A user mistake reported as ``error: ...`` with exit code 2."""
+
+
+def default_config() -> str:
+    return str(resources.files("deepseek") / "configs" / BUNDLED_CONFIG)
+
+
+def _config_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The first positional is the config unless it looks like an override (``key=value``)."""
+    items = list(args.items)
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return default_config(), items
+
+
+def _new_run_dir(model_name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model_name)
+    return Path("runs") / f"{stamp}-{safe}"
+
+
+def _latest_run_dir() -> Path | None:
+    runs = [p for p in Path("runs").glob("*/checkpoints") if p.is_dir()]
+    return max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from deepseek.config import load_config
+    from deepseek.train.build import build_run
+
+    path, overrides = _config_and_overrides(args)
+    cfg = load_config(path, overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is None and args.resume == "auto":
+        run_dir = _latest_run_dir()
+        if run_dir is None:
+            raise UsageError("--resume auto without --run-dir found no run under runs/ with checkpoints")
+    run_dir = run_dir or _new_run_dir(cfg.model.name)
+    run = build_run(cfg, run_dir, progress=args.progress)
+    if run.trainer.run_dir is not None and os.environ.get("RANK", "0") == "0":
+        print(f"run directory: {run_dir}", flush=True)
+    run.trainer.fit(run.train_loader, run.val_loader, resume=args.resume)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from deepseek.config import load_config
+    from deepseek.train.build import evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    if not Path(args.checkpoint).exists():
+        raise UsageError(f"--checkpoint '{args.checkpoint}': no such file or directory")
+    metrics = evaluate(cfg, args.checkpoint)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"eval {args.checkpoint}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in metrics.items():
+            table.add_row(k, f"{v:.4f}")
+        Console().print(table)
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from deepseek.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    else:
+        print(f"{args.config}: ok")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from deepseek.registry import REGISTRIES
+
+    kinds = sorted(REGISTRIES) if args.kind == "all" else [args.kind]
+    for kind in kinds:
+        registry = REGISTRIES[kind]
+        print(f"{kind} ({len(registry)}):")
+        if not len(registry):
+            print("  (none registered yet)")
+        width = max((len(n) for n in registry.names()), default=0)
+        for name in registry.names():
+            aliases = registry.aliases_of(name)
+            alias_text = f" (also: {', '.join(aliases)})" if aliases else ""
+            print(f"  {name:<{width}}  {registry.summary(name)}{alias_text}")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    import subprocess
+
+    path, overrides = _config_and_overrides(args)
+    from deepseek.config import load_config
+
+    cfg = load_config(path, overrides)  # fail fast, before starting N processes
+    run_dir = args.run_dir or str(_new_run_dir(cfg.model.name))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
+    cmd += ["-m", "deepseek", "train", path, *overrides, "--run-dir", run_dir]
+    if args.resume:
+        cmd += ["--resume", args.resume]
+    if args.progress:
+        cmd += ["--progress", args.progress]
+    print("launching: " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deepseek.registry import REGISTRIES
+
+    parser = argparse.ArgumentParser(prog="deepseek", description="deepseek-framework command line")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def train_like(p: argparse.ArgumentParser) -> None:
+        p.add_argument("items", nargs="*", metavar="[CONFIG] [key.path=value ...]",
+                       help=f"a YAML config (default: the bundled {BUNDLED_CONFIG}), then dotted overrides")
+        p.add_argument("--run-dir", help="run directory (default: a new runs/<time>-<model>)")
+        p.add_argument("--resume", help="'auto' (newest valid checkpoint of the run) or a checkpoint path")
+        p.add_argument("--progress", choices=["auto", "bar", "plain", "off"], help="override logging.progress")
+
+    train_like(p := sub.add_parser("train", help="train from a config", description="Train from a YAML config."))
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation split")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, run dir, or a .safetensors file")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("config", help="config tools")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    v = csub.add_parser("validate", help="check a config (and overrides) without running it")
+    v.add_argument("config")
+    v.add_argument("overrides", nargs="*", metavar="key.path=value")
+    v.add_argument("--print", action="store_true", help="print the resolved config")
+    v.set_defaults(fn=cmd_config_validate)
+
+    p = sub.add_parser("list", help="list registered components")
+    p.add_argument("kind", choices=sorted(REGISTRIES) + ["all"], help="what to list")
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("launch", help="run `deepseek train` under torchrun on N local processes")
+    p.add_argument("--nproc", type=int, required=True, help="processes on this machine")
+    train_like(p)
+    p.set_defaults(fn=cmd_launch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sys.path.insert(0, os.getcwd())  # import paths in configs may name the user's own modules
+    from deepseek.config import ConfigError
+    from deepseek.registry import RegistryError
+    from deepseek.train.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except (UsageError, RegistryError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""YAML file + dotted command-line overrides -> a validated :class:`Config`, or one clear error.
+
+Every problem becomes one line naming the file, the key path, the bad value and what is allowed;
+the CLI prints them and exits with code 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from deepseek import registry as reg
+from deepseek.config.components import ComponentErrors, validate_kwargs
+from deepseek.config.schema import Component, Config
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``problems`` holds one message per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 insists on ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line override's value, read as YAML (``64`` -> int, ``1e-3`` -> float, ``[1,2]``)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config '{path}': file not found"])
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"config '{path}': not valid YAML{where}: {problem}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config '{path}': not a UTF-8 text file ({exc.reason})"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config '{path}': the top level must be a mapping of sections, got {type(data).__name__}"])
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
+    """Set ``a.b.c=value`` overrides into ``data`` (in place); list items by index (``callbacks.0.name``)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError([f"{source}: override '{item}' is not of the form key.path=value"])
+        parts = key.split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            node = _child(node, part, parts[: i + 1], item, source)
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(node, last, parts, item, source)] = parse_value(text)
+        else:
+            node[last] = parse_value(text)
+    return data
+
+
+def _child(node: Any, part: str, path: list[str], item: str, source: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path, item, source)]
+    if not isinstance(node, dict):
+        raise ConfigError([f"{source}: override '{item}': '{'.'.join(path[:-1])}' is not a section"])
+    if node.get(part) is None:
+        node[part] = {}
+    return node[part]
+
+
+def _index(node: list[Any], part: str, path: list[str], item: str, source: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(
+            [f"{source}: override '{item}': '{'.'.join(path)}' needs an index below {len(node)}"]
+        )
+    return int(part)
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = (), *, data: dict[str, Any] | None = None) -> Config:
+    """Read, override and validate a run config; raise :class:`ConfigError` listing every problem."""
+    source = f"config '{path}'" if path is not None else "config"
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    raw = apply_overrides(raw, overrides, source)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_format(source, err, Config) for err in exc.errors()]) from None
+    check_components(cfg, source)
+    return cfg
+
+
+def check_components(cfg: Config, source: str) -> None:
+    """Validate each component's builder kwargs; write the coerced values back into ``cfg``."""
+    sections: list[tuple[str, Component | None, reg.Registry]] = [
+        ("model", cfg.model, reg.models),
+        ("data", cfg.data, reg.datasets),
+        ("optim", cfg.optim, reg.optimizers),
+        ("scheduler", cfg.scheduler, reg.schedulers),
+        ("train.loss", cfg.train.loss, reg.losses),
+    ]
+    sections += [(f"train.metrics[{i}]", m, reg.metrics) for i, m in enumerate(cfg.train.metrics)]
+    sections += [(f"callbacks[{i}]", c, reg.callbacks) for i, c in enumerate(cfg.callbacks)]
+    problems = []
+    for prefix, comp, registry in sections:
+        if comp is None:
+            continue
+        try:
+            checked = validate_kwargs(registry, comp.name, comp.kwargs)
+        except ComponentErrors as exc:
+            for e in exc.errors:
+                path = prefix + "." + ".".join(str(p) for p in e.path)
+                if e.kind == "unknown_name":
+                    problems.append(f"{source}: {path}: {e.message}")
+                elif e.kind == "extra_forbidden":
+                    problems.append(f"{source}: {_unknown_key(path, str(e.path[-1]), exc.allowed)}")
+                else:
+                    problems.append(f"{source}: {path}: {e.message} (got {e.value!r})")
+            continue
+        for k, v in checked.items():
+            setattr(comp, k, v)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _format(source: str, err: dict[str, Any], root: type[BaseModel]) -> str:
+    loc = tuple(err["loc"])
+    path = _dotted(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: {_unknown_key(path, str(loc[-1]), _allowed_keys(root, loc[:-1]))}"
+    if kind == "missing":
+        return f"{source}: {path}: required key is missing"
+    if not loc:  # a model-level check (e.g. "set train.max_epochs or train.max_steps")
+        return f"{source}: {err['msg'].removeprefix('Value error, ')}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {path}: {msg} (got {err.get('input')!r})"
+
+
+def _unknown_key(path: str, key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    listed = ", ".join(allowed) if allowed else "none"
+    return f"{path}: unknown key '{key}'{hint} allowed keys: {listed}"
+
+
+def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (walking nested pydantic models)."""
+    model: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside ``Optional[X]`` / ``list[X]`` / ``X``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

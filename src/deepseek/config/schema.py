@@ -1,0 +1,106 @@
+"""The typed run configuration (pydantic v2): one section per stage.
+
+Components (model, data, optim, scheduler, loss, metrics, callbacks) are chosen by ``name``; their
+other keys are the builder's keyword arguments and are checked against its signature by
+:mod:`deepseek.config.components`. Every other section rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeInt, model_validator
+
+Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Component(BaseModel):
+    """``{name: <registered name or import path>, **builder_kwargs}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class DataSection(Component):
+    """The dataset by name plus loader settings; other keys go to the dataset builder."""
+
+    batch_size: PositiveInt = 64
+    val_batch_size: Optional[PositiveInt] = None
+    num_workers: NonNegativeInt = 0
+    shuffle: bool = True
+    drop_last: bool = False
+
+
+class EarlyStoppingSection(Strict):
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    patience: PositiveInt = 3
+    min_delta: float = Field(default=0.0, ge=0.0)
+
+
+class TrainSection(Strict):
+    max_epochs: Optional[PositiveInt] = 10
+    max_steps: Optional[PositiveInt] = None
+    precision: Precision = "auto"
+    accumulate_grad_batches: PositiveInt = 1
+    grad_clip_norm: Optional[PositiveFloat] = None
+    ema_decay: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
+    val_every_steps: Optional[PositiveInt] = None
+    val_every_epochs: Optional[PositiveInt] = 1
+    early_stopping: Optional[EarlyStoppingSection] = None
+    loss: Component = Component(name="cross_entropy")
+    metrics: list[Component] = [Component(name="accuracy")]
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+
+    @model_validator(mode="after")
+    def _needs_a_stop(self) -> "TrainSection":
+        if self.max_epochs is None and self.max_steps is None:
+            raise ValueError("set train.max_epochs or train.max_steps (both are null)")
+        return self
+
+
+class CheckpointSection(Strict):
+    every_steps: Optional[PositiveInt] = None
+    every_minutes: Optional[PositiveFloat] = 30.0
+    keep_last: PositiveInt = 3
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    save_best: bool = True
+
+
+class LoggingSection(Strict):
+    every_steps: PositiveInt = 50
+    tensorboard: bool = True
+    progress: Literal["auto", "bar", "plain", "off"] = "auto"
+
+
+class Config(Strict):
+    """A whole run: ``deepseek train CONFIG`` builds everything from this."""
+
+    model: Component
+    data: DataSection
+    optim: Component = Component(name="adamw")
+    scheduler: Optional[Component] = None
+    train: TrainSection = TrainSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    logging: LoggingSection = LoggingSection()
+    callbacks: list[Component] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe dict of the resolved config (defaults filled in)."""
+        return self.model_dump(mode="json")

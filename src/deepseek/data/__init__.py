@@ -1,0 +1,9 @@
+"""``ds.data``: registered datasets and the sharded, resumable loader the Trainer uses."""
+
+from __future__ import annotations
+
+from deepseek.data import datasets as _datasets  # noqa: F401  (registers the builders)
+from deepseek.data.datasets import DatasetSplits, build_dataset
+from deepseek.data.loader import ResumableDataLoader, ShardedSampler
+
+__all__ = ["DatasetSplits", "ResumableDataLoader", "ShardedSampler", "build_dataset"]

@@ -1,0 +1,26 @@
+"""``ds.nn``: everything in :mod:`torch.nn` (the very same objects) plus ds's own layers.
+
+``ds.nn.Linear is torch.nn.Linear``; names ds adds are defined in this package and listed in
+``__all__``. Unknown names fall through to :mod:`torch.nn`, so ``from deepseek.nn import Conv2d``
+and ``ds.nn.functional`` work as they do with torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as _torch_nn
+
+# ds's own layers are added here by later stages (MoE, LoRA, sparse attention).
+__all__: list[str] = []
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        return getattr(_torch_nn, name)
+    except AttributeError:
+        raise AttributeError(f"module 'deepseek.nn' (torch.nn) has no attribute '{name}'") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(dir(_torch_nn)))

@@ -1,0 +1,29 @@
+"""``ds.optim``: :mod:`torch.optim` and its LR schedulers, plus ds's registered builders.
+
+``ds.optim.AdamW is torch.optim.AdamW`` and ``ds.optim.CosineAnnealingWarmRestarts is
+torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``. ds adds :class:`WarmupCosine` and the
+registry entries that configs use (``optim: {name: adamw, lr: 1e-3}``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.optim as _torch_optim
+import torch.optim.lr_scheduler as _torch_sched
+
+from deepseek.optim.builders import build_optimizer, build_scheduler
+from deepseek.optim.schedulers import WarmupCosine
+
+__all__ = ["WarmupCosine", "build_optimizer", "build_scheduler"]
+
+
+def __getattr__(name: str) -> Any:
+    for module in (_torch_optim, _torch_sched):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module 'deepseek.optim' (torch.optim) has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(dir(_torch_optim)) | set(dir(_torch_sched)))

@@ -1,0 +1,162 @@
+"""One registry mechanism for every kind of component (timm-style ``@register``).
+
+Models, datasets, transforms, optimizers, schedulers, callbacks, metrics and losses each get a
+:class:`Registry`. A component is looked up by its registered name (case-insensitive) or, for the
+user's own code, by an import path such as ``my_pkg.nets:Net`` or ``my_pkg.nets.Net``.
+
+This module imports nothing heavy so that every layer may use it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Any, Callable, Iterator, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RegistryError(LookupError):
+    """An unknown name or an import path that does not resolve; the message lists what exists."""
+
+
+class Registry:
+    """Maps names to builders (functions or classes) of one component kind.
+
+    >>> models = Registry("models")
+    >>> @models.register("tiny", aliases=("t",))
+    ... def tiny(width: int = 4): ...
+    >>> models.get("TINY") is tiny
+    True
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., Any]] = {}
+        self._aliases: dict[str, str] = {}
+        self._info: dict[str, dict[str, Any]] = {}
+
+    def register(
+        self, name: str | None = None, *, aliases: tuple[str, ...] = (), **info: Any
+    ) -> Callable[[F], F]:
+        """Decorator registering ``fn`` under ``name`` (default: its ``__name__``)."""
+
+        def decorator(fn: F) -> F:
+            key = (name or fn.__name__).lower()
+            if key in self._entries or key in self._aliases:
+                raise RegistryError(f"{self.kind}: '{key}' is already registered")
+            self._entries[key] = fn
+            self._info[key] = dict(info)
+            for alias in aliases:
+                self._aliases[alias.lower()] = key
+            return fn
+
+        return decorator
+
+    def canonical(self, name: str) -> str:
+        """The registered key for ``name`` or an alias of it; raises with suggestions."""
+        key = name.lower()
+        if key in self._entries:
+            return key
+        if key in self._aliases:
+            return self._aliases[key]
+        raise RegistryError(self.unknown_message(name))
+
+    def unknown_message(self, name: str) -> str:
+        known = sorted(self._entries) + sorted(self._aliases)
+        close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
+        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listed = ", ".join(sorted(self._entries)) or "(none)"
+        return (
+            f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} '{name}';{hint}"
+            f" registered: {listed}; or give an import path such as 'my_pkg.module:Name'"
+        )
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The builder for a registered name, or the object an import path names."""
+        if is_import_path(name) and name.lower() not in self._entries:
+            return import_object(name)
+        return self._entries[self.canonical(name)]
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name)(*args, **kwargs)
+
+    def info(self, name: str) -> dict[str, Any]:
+        return dict(self._info.get(self.canonical(name), {}))
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def aliases_of(self, name: str) -> list[str]:
+        key = self.canonical(name)
+        return sorted(a for a, k in self._aliases.items() if k == key)
+
+    def summary(self, name: str) -> str:
+        """The first line of the builder's docstring."""
+        doc = inspect.getdoc(self.get(name)) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = name.lower()
+        return key in self._entries or key in self._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self)} entries)"
+
+
+def is_import_path(name: str) -> bool:
+    """``pkg.mod:Attr`` or ``pkg.mod.Attr`` (a dotted name is never a registered key)."""
+    return ":" in name or "." in name
+
+
+def import_object(path: str) -> Any:
+    """Import ``pkg.mod:Attr`` (or ``pkg.mod.Attr``) and return the attribute."""
+    if ":" in path:
+        module_name, _, attr = path.partition(":")
+    else:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise RegistryError(f"'{path}' is not an import path of the form 'pkg.module:Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RegistryError(f"cannot import module '{module_name}' of '{path}': {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise RegistryError(f"module '{module_name}' has no attribute '{attr}' (from '{path}')")
+        obj = getattr(obj, part)
+    return obj
+
+
+models = Registry("models")
+datasets = Registry("datasets")
+transforms = Registry("transforms")
+optimizers = Registry("optimizers")
+schedulers = Registry("schedulers")
+callbacks = Registry("callbacks")
+metrics = Registry("metrics")
+losses = Registry("losses")
+
+REGISTRIES: dict[str, Registry] = {
+    r.kind: r
+    for r in (models, datasets, transforms, optimizers, schedulers, callbacks, metrics, losses)
+}
+
+register_model = models.register
+register_dataset = datasets.register
+register_transform = transforms.register
+register_optimizer = optimizers.register
+register_scheduler = schedulers.register
+register_callback = callbacks.register
+register_metric = metrics.register
+register_loss = losses.register

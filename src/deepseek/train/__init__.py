@@ -1,0 +1,19 @@
+"""Training: the Trainer, checkpoints, callbacks, metrics, precision and distributed set-up."""
+
+from deepseek.train.callbacks import CallbackList, EarlyStopping
+from deepseek.train.checkpoint import CheckpointError, CheckpointManager
+from deepseek.train.metrics import Accuracy
+from deepseek.train.precision import resolve_precision
+from deepseek.train.rng import seed_everything
+from deepseek.train.trainer import Trainer
+
+__all__ = [
+    "Accuracy",
+    "CallbackList",
+    "CheckpointError",
+    "CheckpointManager",
+    "EarlyStopping",
+    "Trainer",
+    "resolve_precision",
+    "seed_everything",
+]

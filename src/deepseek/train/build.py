@@ -1,0 +1,136 @@
+"""Config -> objects: plain builder functions that turn a validated :class:`Config` into a model,
+loaders, optimizer, scheduler and a :class:`Trainer` (torchtune style: no object knows the config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from deepseek import registry as reg
+from deepseek.config import Config, load_config
+from deepseek.data import ResumableDataLoader, build_dataset
+from deepseek.optim import build_optimizer, build_scheduler
+from deepseek.train.callbacks import EarlyStopping
+from deepseek.train.distributed import DistInfo, init_distributed, resolve_device
+from deepseek.train.rng import seed_everything
+from deepseek.train.trainer import Trainer
+
+
+@dataclass
+class Run:
+    """Everything a config builds; ``trainer.fit(train_loader, val_loader)`` runs it."""
+
+    config: Config
+    trainer: Trainer
+    model: nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+
+
+def build_model(cfg: Config) -> nn.Module:
+    return reg.models.build(cfg.model.name, **cfg.model.kwargs)
+
+
+def build_loaders(cfg: Config, dist: DistInfo) -> tuple[DataLoader, DataLoader | None]:
+    d = cfg.data
+    splits = build_dataset(d.name, **d.kwargs)
+    common = dict(seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, num_workers=d.num_workers)
+    train = ResumableDataLoader(splits.train, d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last, **common)
+    val = None
+    if splits.val is not None:
+        val = ResumableDataLoader(splits.val, d.val_batch_size or d.batch_size, shuffle=False, pad=False, **common)
+    return train, val
+
+
+def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str | None = None) -> Run:
+    """Seed, then build model, data, optimizer, scheduler, loss, metrics, callbacks and the Trainer."""
+    t = cfg.train
+    seed_everything(t.seed, t.deterministic)
+    device = resolve_device(t.device)
+    dist = init_distributed(device)
+    model = build_model(cfg)
+    train_loader, val_loader = build_loaders(cfg, dist)
+    optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
+    scheduler = None
+    if cfg.scheduler is not None:
+        s = cfg.scheduler
+        scheduler = lambda opt, total: build_scheduler(s.name, opt, total, **s.kwargs)  # noqa: E731
+    early = EarlyStopping(**t.early_stopping.model_dump()) if t.early_stopping is not None else None
+    trainer = Trainer(
+        model,
+        optimizer,
+        loss_fn=reg.losses.build(t.loss.name, **t.loss.kwargs),
+        scheduler=scheduler,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        grad_clip_norm=t.grad_clip_norm,
+        ema_decay=t.ema_decay,
+        val_every_steps=t.val_every_steps,
+        val_every_epochs=t.val_every_epochs,
+        early_stopping=early,
+        metrics=[reg.metrics.build(m.name, **m.kwargs) for m in t.metrics],
+        callbacks=[reg.callbacks.build(c.name, **c.kwargs) for c in cfg.callbacks],
+        device=device,
+        run_dir=run_dir,
+        checkpoint_every_steps=cfg.checkpoint.every_steps,
+        checkpoint_every_minutes=cfg.checkpoint.every_minutes,
+        keep_last=cfg.checkpoint.keep_last,
+        monitor=cfg.checkpoint.monitor,
+        mode=cfg.checkpoint.mode,
+        save_best=cfg.checkpoint.save_best,
+        log_every_steps=cfg.logging.every_steps,
+        tensorboard=cfg.logging.tensorboard,
+        progress=progress or cfg.logging.progress,
+    )
+    trainer.train_data, trainer.val_data = train_loader, val_loader
+    if run_dir is not None and dist.is_main:
+        save_resolved_config(cfg, run_dir)
+    return Run(cfg, trainer, model, train_loader, val_loader)
+
+
+def trainer_from_config(config: Config | str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None) -> Trainer:
+    """``ds.Trainer.from_config``: a Trainer whose ``fit()`` needs no arguments."""
+    cfg = config if isinstance(config, Config) else load_config(config, overrides or [])
+    return build_run(cfg, run_dir).trainer
+
+
+def save_resolved_config(cfg: Config, run_dir: str | Path) -> Path:
+    """Write the resolved config (defaults filled in) to ``run_dir/config.yaml``, atomically."""
+    import os
+
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, float]:
+    """Validation loss and metrics of a checkpoint (EMA weights when it has them) or a ``.safetensors`` file."""
+    import torch
+
+    from deepseek.train.checkpoint import STATE_FILE, load_weights, resolve_checkpoint
+
+    run = build_run(cfg, None, progress="off")
+    if run.val_loader is None:
+        raise ValueError("the config's dataset has no validation split (data.val_fraction is 0)")
+    path = Path(checkpoint)
+    if path.is_file():
+        load_weights(run.model, path)
+    else:
+        ckpt = resolve_checkpoint(path)
+        load_weights(run.model, ckpt / "model.safetensors")
+        ema = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True).get("ema")
+        if ema is not None:
+            run.model.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
+    run.model.to(run.trainer.device)
+    return run.trainer.validate(run.val_loader)

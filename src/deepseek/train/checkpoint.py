@@ -1,0 +1,184 @@
+"""Atomic, verified checkpoints: ``checkpoints/step-00000120/{model.safetensors,state.pt,meta.json}``.
+
+A checkpoint is written into a hidden temporary directory, every file fsynced, ``meta.json`` (with
+each file's size and SHA-256) written last, and the directory renamed into place: a crash or
+``kill -9`` leaves either a complete checkpoint or an ignored ``.tmp-*`` directory. Weights go to
+safetensors; everything else (optimizer, scheduler, scaler, EMA, RNG states, data position) to a
+``torch.save`` file that is read back with ``weights_only=True``, so nothing is ever unpickled as
+an arbitrary object. ``best.json`` names the best checkpoint, which pruning never removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_model, save_model
+
+MODEL_FILE, STATE_FILE, META_FILE, BEST_FILE = "model.safetensors", "state.pt", "meta.json", "best.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, partial or corrupt."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a fsynced temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Model weights to safetensors (tied weights stored once), fsynced."""
+    save_model(model, str(path), metadata={"format": "pt"})
+    _fsync_file(path)
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    missing, unexpected = load_model(model, str(path), strict=False)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{path}: missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
+
+
+class CheckpointManager:
+    """Writes, lists, verifies and prunes the checkpoints of one run directory."""
+
+    def __init__(self, directory: str | Path, keep_last: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    def save(self, step: int, model: nn.Module, state: dict[str, Any], best: dict[str, Any] | None = None) -> Path:
+        """Write checkpoint ``step`` atomically; with ``best``, also record it as the best one."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"step-{step:08d}"
+        if final.exists():
+            return final
+        tmp = self.directory / f".tmp-step-{step:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_weights(model, tmp / MODEL_FILE)
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in (MODEL_FILE, STATE_FILE)}
+        meta = {"step": step, "epoch": state.get("epoch"), "time": time.time(), "files": files}
+        write_json_atomic(tmp / META_FILE, meta)
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(self.directory)
+        if best is not None:
+            write_json_atomic(self.directory / BEST_FILE, {"name": final.name, **best})
+        self.prune()
+        return final
+
+    def checkpoints(self) -> list[Path]:
+        """Complete-looking checkpoint directories, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+        return [p for _, p in sorted(found)]
+
+    def best(self) -> Path | None:
+        try:
+            name = json.loads((self.directory / BEST_FILE).read_text())["name"]
+        except (OSError, ValueError, KeyError):
+            return None
+        path = self.directory / name
+        return path if path.is_dir() else None
+
+    def prune(self) -> None:
+        keep = set(self.checkpoints()[-self.keep_last :])
+        best = self.best()
+        if best is not None:
+            keep.add(best)
+        for path in self.checkpoints():
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+        for stale in self.directory.glob(".tmp-step-*"):
+            if not stale.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def latest_valid(self) -> Path | None:
+        """The newest checkpoint that verifies; corrupt or partial ones are skipped with a warning."""
+        for path in reversed(self.checkpoints()):
+            try:
+                verify(path)
+                return path
+            except CheckpointError as exc:
+                warnings.warn(f"skipping checkpoint {path}: {exc}", stacklevel=2)
+        return None
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Check ``meta.json`` and every file's size and SHA-256; return the metadata."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        files = meta["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"no readable {META_FILE} ({exc.__class__.__name__}: {exc})") from None
+    for name, expect in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{name} is missing")
+        if f.stat().st_size != expect["size"]:
+            raise CheckpointError(f"{name} has {f.stat().st_size} bytes, expected {expect['size']}")
+        if _sha256(f) != expect["sha256"]:
+            raise CheckpointError(f"{name} does not match its SHA-256")
+    return meta
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from itself, a run directory or a checkpoints directory (newest valid)."""
+    p = Path(path)
+    if (p / META_FILE).is_file():
+        verify(p)
+        return p
+    for candidate in (p / "checkpoints", p):
+        latest = CheckpointManager(candidate).latest_valid()
+        if latest is not None:
+            return latest
+    raise CheckpointError(f"no valid checkpoint at '{path}'")
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` and return the training state (read with ``weights_only=True``)."""
+    verify(path)
+    load_weights(model, path / MODEL_FILE)
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
