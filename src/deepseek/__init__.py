@@ -12,11 +12,18 @@ from typing import Any
 
 import torch as _torch
 
-from deepseek import config, data, models, nn, optim, registry  # noqa: F401
+from deepseek import (  # noqa: F401
+    config,
+    data,
+    models,
+    nn,
+    optim,
+    registry,
+    train,  # noqa: F401  (after its dependencies: registers callbacks, metrics, losses)
+)
 from deepseek.config import Config, ConfigError, load_config
 from deepseek.registry import Registry, register_model
 from deepseek.train import Trainer, seed_everything
-from deepseek import train  # noqa: F401  (after its dependencies: registers callbacks, metrics, losses)
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,9 +38,7 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._info: dict[str, dict[str, Any]] = {}
 
-    def register(
-        self, name: str | None = None, *, aliases: tuple[str, ...] = (), **info: Any
-    ) -> Callable[[F], F]:
+    def register(self, name: str | None = None, *, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[F], F]:
         """Decorator registering ``fn`` under ``name`` (default: its ``__name__``)."""
 
         def decorator(fn: F) -> F:
@@ -148,8 +147,7 @@ metrics = Registry("metrics")
 losses = Registry("losses")
 
 REGISTRIES: dict[str, Registry] = {
-    r.kind: r
-    for r in (models, datasets, transforms, optimizers, schedulers, callbacks, metrics, losses)
+    r.kind: r for r in (models, datasets, transforms, optimizers, schedulers, callbacks, metrics, losses)
 }
 
 register_model = models.register

@@ -11,9 +11,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 BUNDLED_CONFIG = "quickstart.yaml"
 
@@ -142,8 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def train_like(p: argparse.ArgumentParser) -> None:
-        p.add_argument("items", nargs="*", metavar="[CONFIG] [key.path=value ...]",
-                       help=f"a YAML config (default: the bundled {BUNDLED_CONFIG}), then dotted overrides")
+        p.add_argument(
+            "items",
+            nargs="*",
+            metavar="[CONFIG] [key.path=value ...]",
+            help=f"a YAML config (default: the bundled {BUNDLED_CONFIG}), then dotted overrides",
+        )
         p.add_argument("--run-dir", help="run directory (default: a new runs/<time>-<model>)")
         p.add_argument("--resume", help="'auto' (newest valid checkpoint of the run) or a checkpoint path")
         p.add_argument("--progress", choices=["auto", "bar", "plain", "off"], help="override logging.progress")

@@ -9,7 +9,8 @@ signature into a pydantic model. Arguments the framework supplies itself (``para
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, get_type_hints
+from collections.abc import Callable
+from typing import Any, get_type_hints
 
 from pydantic import ConfigDict, ValidationError, create_model
 
@@ -30,7 +31,7 @@ def builder_fields(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
     """pydantic field definitions from ``fn``'s signature, and whether it accepts ``**kwargs``."""
     target = fn.__init__ if inspect.isclass(fn) else fn
     try:
-        hints = get_type_hints(target)
+        hints = get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable annotations: validate names only
         hints = {}
     fields: dict[str, Any] = {}
@@ -68,9 +69,7 @@ def validate_kwargs(registry: Registry, name: str, kwargs: dict[str, Any]) -> di
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
-            errors.append(
-                ComponentError(tuple(err["loc"]), err["msg"], err.get("input"), err["type"])
-            )
+            errors.append(ComponentError(tuple(err["loc"]), err["msg"], err.get("input"), err["type"]))
         raise ComponentErrors(errors, allowed=sorted(fields)) from None
     # Only what the user set: builder defaults stay the builder's.
     return {k: getattr(validated, k) for k in kwargs if k in fields} | {

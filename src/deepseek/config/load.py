@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -96,13 +97,13 @@ def _child(node: Any, part: str, path: list[str], item: str, source: str) -> Any
 
 def _index(node: list[Any], part: str, path: list[str], item: str, source: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(
-            [f"{source}: override '{item}': '{'.'.join(path)}' needs an index below {len(node)}"]
-        )
+        raise ConfigError([f"{source}: override '{item}': '{'.'.join(path)}' needs an index below {len(node)}"])
     return int(part)
 
 
-def load_config(path: str | Path | None, overrides: Iterable[str] = (), *, data: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None, overrides: Iterable[str] = (), *, data: dict[str, Any] | None = None
+) -> Config:
     """Read, override and validate a run config; raise :class:`ConfigError` listing every problem."""
     source = f"config '{path}'" if path is not None else "config"
     raw = read_yaml(path) if path is not None else dict(data or {})
@@ -159,7 +160,9 @@ def _format(source: str, err: dict[str, Any], root: type[BaseModel]) -> str:
     if not loc:  # a model-level check (e.g. "set train.max_epochs or train.max_steps")
         return f"{source}: {err['msg'].removeprefix('Value error, ')}"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{source}: {path}: {msg} (got {err.get('input')!r})"
+    value = err.get("input")
+    got = "" if isinstance(value, dict) else f" (got {value!r})"  # a whole section: the message says it
+    return f"{source}: {path}: {msg}{got}"
 
 
 def _unknown_key(path: str, key: str, allowed: list[str]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed"]
 
@@ -68,7 +68,7 @@ class TrainSection(Strict):
     deterministic: bool = False
 
     @model_validator(mode="after")
-    def _needs_a_stop(self) -> "TrainSection":
+    def _needs_a_stop(self) -> TrainSection:
         if self.max_epochs is None and self.max_steps is None:
             raise ValueError("set train.max_epochs or train.max_steps (both are null)")
         return self

@@ -7,10 +7,11 @@ A dataset builder returns :class:`DatasetSplits`: seeded, stratified train/valid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt, Lt
 from torch.utils.data import Dataset, TensorDataset
 
 from deepseek.registry import datasets, register_dataset
@@ -36,15 +37,17 @@ def stratified_split(
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
-    train_idx, val_idx = train_test_split(
-        idx, test_size=val_fraction, random_state=seed, stratify=y.numpy()
-    )
+    train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=y.numpy())
     train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
     return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
 
 
+Fraction = Annotated[float, Ge(0), Lt(1)]
+Positive = Annotated[int, Gt(0)]
+
+
 @register_dataset("digits")
-def digits(val_fraction: float = 0.2, seed: int = 0, flatten: bool = False) -> DatasetSplits:
+def digits(val_fraction: Fraction = 0.2, seed: int = 0, flatten: bool = False) -> DatasetSplits:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), scaled to [0, 1].
 
     Samples are ``(image (1, 8, 8) float32, label int64)``, or ``(64,)`` images with ``flatten``.
@@ -61,11 +64,11 @@ def digits(val_fraction: float = 0.2, seed: int = 0, flatten: bool = False) -> D
 
 @register_dataset("synthetic_classification", aliases=("synthetic",))
 def synthetic_classification(
-    num_samples: int = 2048,
-    num_features: int = 32,
-    num_classes: int = 4,
-    class_sep: float = 1.5,
-    val_fraction: float = 0.2,
+    num_samples: Positive = 2048,
+    num_features: Positive = 32,
+    num_classes: Annotated[int, Ge(2)] = 4,
+    class_sep: Annotated[float, Ge(0)] = 1.5,
+    val_fraction: Fraction = 0.2,
     seed: int = 0,
 ) -> DatasetSplits:
     """Generated Gaussian class clusters: ``(features (num_features,) float32, label int64)``.

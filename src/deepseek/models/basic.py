@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn as nn
+from annotated_types import Ge, Gt, Lt
 
 from deepseek.registry import register_model
 
@@ -60,13 +62,21 @@ class SimpleCNN(nn.Module):
         return self.head(self.features(x))
 
 
+Positive = Annotated[int, Gt(0)]
+Dropout = Annotated[float, Ge(0), Lt(1)]
+
+
 @register_model("mlp")
-def mlp(in_features: int, hidden: list[int] = [256, 256], num_classes: int = 10, dropout: float = 0.0) -> MLP:
+def mlp(
+    in_features: Positive, hidden: list[Positive] = [256, 256], num_classes: Positive = 10, dropout: Dropout = 0.0
+) -> MLP:
     """Multi-layer perceptron on flattened inputs."""
     return MLP(in_features, hidden, num_classes, dropout)
 
 
 @register_model("simple_cnn", aliases=("cnn",))
-def simple_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32, dropout: float = 0.1) -> SimpleCNN:
+def simple_cnn(
+    in_channels: Positive = 1, num_classes: Positive = 10, width: Positive = 32, dropout: Dropout = 0.1
+) -> SimpleCNN:
     """Three-block CNN for small images (8x8 digits, 28x28 MNIST)."""
     return SimpleCNN(in_channels, num_classes, width, dropout)

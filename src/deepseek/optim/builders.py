@@ -8,9 +8,11 @@ signatures. Schedulers are stepped once per optimizer step, so every period here
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Ge, Gt, Lt
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -18,13 +20,17 @@ from deepseek.optim.schedulers import WarmupCosine
 from deepseek.registry import optimizers, schedulers
 
 Params = Iterable[Any]
+# Bounds are checked when a config is validated, so a bad value is a config error, not a traceback.
+LR = Annotated[float, Gt(0)]
+Decay = Annotated[float, Ge(0)]
+Steps = Annotated[int, Gt(0)]
 
 
 @optimizers.register("adamw")
 def adamw(
     params: Params,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
+    lr: LR = 1e-3,
+    weight_decay: Decay = 0.01,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> Optimizer:
@@ -35,8 +41,8 @@ def adamw(
 @optimizers.register("adam")
 def adam(
     params: Params,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
+    lr: LR = 1e-3,
+    weight_decay: Decay = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> Optimizer:
@@ -47,9 +53,9 @@ def adam(
 @optimizers.register("sgd")
 def sgd(
     params: Params,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
+    lr: LR = 0.1,
+    momentum: Annotated[float, Ge(0)] = 0.9,
+    weight_decay: Decay = 0.0,
     nesterov: bool = False,
 ) -> Optimizer:
     """torch.optim.SGD with momentum."""
@@ -58,7 +64,10 @@ def sgd(
 
 @schedulers.register("warmup_cosine", aliases=("cosine",))
 def warmup_cosine(
-    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_steps: Annotated[int, Ge(0)] = 0,
+    min_lr_ratio: Annotated[float, Ge(0)] = 0.0,
 ) -> LRScheduler:
     """Linear warm-up then cosine decay to min_lr_ratio * lr over the run (ds.optim.WarmupCosine)."""
     return WarmupCosine(optimizer, total_steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
@@ -66,14 +75,16 @@ def warmup_cosine(
 
 @schedulers.register("cosine_restarts", aliases=("cosineannealingwarmrestarts",))
 def cosine_restarts(
-    optimizer: Optimizer, total_steps: int, T_0: int, T_mult: int = 1, eta_min: float = 0.0
+    optimizer: Optimizer, total_steps: int, T_0: Steps, T_mult: Annotated[int, Ge(1)] = 1, eta_min: Decay = 0.0
 ) -> LRScheduler:
     """torch CosineAnnealingWarmRestarts; T_0 is the first period in optimizer steps."""
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=T_0, T_mult=T_mult, eta_min=eta_min)
 
 
 @schedulers.register("step", aliases=("steplr",))
-def step(optimizer: Optimizer, total_steps: int, step_size: int, gamma: float = 0.1) -> LRScheduler:
+def step(
+    optimizer: Optimizer, total_steps: int, step_size: Steps, gamma: Annotated[float, Gt(0), Lt(1.0001)] = 0.1
+) -> LRScheduler:
     """torch StepLR: multiply the LR by gamma every step_size optimizer steps."""
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
 

@@ -94,7 +94,9 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str |
     return Run(cfg, trainer, model, train_loader, val_loader)
 
 
-def trainer_from_config(config: Config | str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None) -> Trainer:
+def trainer_from_config(
+    config: Config | str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None
+) -> Trainer:
     """``ds.Trainer.from_config``: a Trainer whose ``fit()`` needs no arguments."""
     cfg = config if isinstance(config, Config) else load_config(config, overrides or [])
     return build_run(cfg, run_dir).trainer

@@ -10,7 +10,8 @@ A callback is any object with some of these methods (all optional, all get the T
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from deepseek.registry import register_callback
 

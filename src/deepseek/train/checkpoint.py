@@ -97,7 +97,10 @@ class CheckpointManager:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in (MODEL_FILE, STATE_FILE)}
+        files = {
+            name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            for name in (MODEL_FILE, STATE_FILE)
+        }
         meta = {"step": step, "epoch": state.get("epoch"), "time": time.time(), "files": files}
         write_json_atomic(tmp / META_FILE, meta)
         _fsync_dir(tmp)
@@ -112,7 +115,9 @@ class CheckpointManager:
         """Complete-looking checkpoint directories, oldest first."""
         if not self.directory.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+        found = [
+            (int(m.group(1)), p) for p in self.directory.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+        ]
         return [p for _, p in sorted(found)]
 
     def best(self) -> Path | None:

@@ -87,7 +87,9 @@ class RunLogger:
             console=self.console,
             refresh_per_second=4,
         )
-        self._task = self._bar.add_task("train", total=self.total_steps, completed=step, epoch=0, loss="-", lr="-", sps="-")
+        self._task = self._bar.add_task(
+            "train", total=self.total_steps, completed=step, epoch=0, loss="-", lr="-", sps="-"
+        )
         self._bar.start()
 
     def log_step(self, step: int, epoch: int, values: dict[str, float]) -> None:

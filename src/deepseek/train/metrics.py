@@ -7,12 +7,17 @@ If it also has a ``state`` tensor of sums, the Trainer all-reduces it across ran
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
+from annotated_types import Ge, Lt
 
 from deepseek.registry import register_loss, register_metric
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SumRatio:
@@ -61,22 +66,23 @@ class MeanAbsoluteError(SumRatio):
         self.state += torch.stack([err.sum().double().cpu(), torch.tensor(float(err.numel()), dtype=torch.float64)])
 
 
+# Losses are plain functions, not nn.Module instances: a module call costs ~5 us more per step.
 @register_loss("cross_entropy")
-def cross_entropy(label_smoothing: float = 0.0) -> nn.Module:
+def cross_entropy(label_smoothing: Annotated[float, Ge(0), Lt(1)] = 0.0) -> LossFn:
     """Softmax cross-entropy on logits (N, C) and class indices (N,)."""
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return functools.partial(F.cross_entropy, label_smoothing=label_smoothing) if label_smoothing else F.cross_entropy
 
 
 @register_loss("mse")
-def mse() -> nn.Module:
+def mse() -> LossFn:
     """Mean squared error."""
-    return nn.MSELoss()
+    return F.mse_loss
 
 
 @register_loss("l1")
-def l1() -> nn.Module:
+def l1() -> LossFn:
     """Mean absolute error."""
-    return nn.L1Loss()
+    return F.l1_loss
 
 
 def batch_size_of(batch: Any) -> int:

@@ -9,12 +9,14 @@ there (ask for them explicitly to try).
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed")
+_DTYPES = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -37,17 +39,18 @@ class PrecisionPolicy:
     scaler: torch.amp.GradScaler | None
 
     @classmethod
-    def create(cls, precision: str, device: torch.device) -> "PrecisionPolicy":
+    def create(cls, precision: str, device: torch.device) -> PrecisionPolicy:
         resolved = resolve_precision(precision, device)
         scaler = torch.amp.GradScaler(device.type) if resolved == "fp16-mixed" else None
         return cls(resolved, device, scaler)
 
     @property
     def dtype(self) -> torch.dtype | None:
-        return {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(self.precision)
+        return _DTYPES.get(self.precision)
 
     def autocast(self) -> ContextManager[Any]:
         # A disabled torch.autocast still costs ~4 us per entry; fp32 takes a free null context.
-        if self.dtype is None:
+        dtype = _DTYPES.get(self.precision)
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=dtype)

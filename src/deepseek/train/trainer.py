@@ -1,12 +1,10 @@
 """``ds.Trainer``: trains any ``nn.Module`` on any iterable of batches, on one process or under torchrun.
 
 Design notes (what users of other trainers complain about, and what this one does instead):
-- Gradient accumulation is exact: each micro-batch's mean loss is weighted by its share of the
-  samples in the whole accumulation window (over all ranks), so 4 micro-batches of 8 give the
-  gradients of one batch of 32, also when the last micro-batch is short. Under DDP the gradient
-  all-reduce runs on the final micro-step only (``no_sync`` before it).
-- No hidden per-step cost: losses stay on the device until a logging step (no ``.item()`` per
-  step), hooks no callback implements cost nothing, fp32 runs without an autocast context.
+- Gradient accumulation is exact, and DDP all-reduces on the last micro-step only (see ``step.py``).
+- No hidden per-step cost: on GPUs losses stay on the device until a logging step (no per-step
+  sync), hooks no callback implements cost nothing, fp32 runs without an autocast context; see
+  ``benchmarks/trainer_overhead.py``.
 - Exact resume: a checkpoint holds the weights, optimizer, scheduler, scaler, EMA, callback and
   RNG states and the position in the epoch; a resumed run matches an uninterrupted one bitwise.
 
@@ -16,12 +14,12 @@ The default step expects ``(inputs, targets)`` batches. Otherwise pass
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,35 +28,22 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from deepseek.registry import metrics as metric_registry
 from deepseek.train import rng
+from deepseek.train.batching import mean_loss, split_batch, windows
 from deepseek.train.callbacks import CallbackList, EarlyStopping, Monitor
-from deepseek.train.checkpoint import CheckpointManager, load_checkpoint, resolve_checkpoint, save_weights, write_json_atomic
-from deepseek.train.distributed import DistInfo, all_reduce_sum, init_distributed, resolve_device
+from deepseek.train.checkpoint import (
+    CheckpointManager,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_weights,
+    write_json_atomic,
+)
+from deepseek.train.distributed import DistInfo, init_distributed, resolve_device
+from deepseek.train.evaluate import evaluate
 from deepseek.train.logger import RunLogger
-from deepseek.train.metrics import batch_size_of
 from deepseek.train.precision import PrecisionPolicy
+from deepseek.train.step import OptimizerStep
 
 StepFn = Callable[[nn.Module, Any], Any]
-
-
-def move_to(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested) tuple/list/dict batch to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(move_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _windows(batches: Iterable[Any], size: int) -> Iterator[tuple[list[Any], bool]]:
-    """Accumulation windows of ``size`` micro-batches, each with "is this the epoch's last" (one window of look-ahead)."""
-    it = iter(batches)
-    current = list(islice(it, size))
-    while current:
-        following = list(islice(it, size))
-        yield current, not following
-        current = following
 
 
 class Trainer:
@@ -101,7 +86,7 @@ class Trainer:
             raise ValueError("set max_epochs or max_steps")
         self.model = model
         self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-3)
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.loss_fn = loss_fn or nn.functional.cross_entropy
         self._scheduler_arg, self.scheduler = scheduler, None
         self.step_fn = step_fn
         self.max_epochs, self.max_steps = max_epochs, max_steps
@@ -138,6 +123,7 @@ class Trainer:
             self.device = resolve_device("auto", self.dist.local_rank)
         self.model.to(self.device)
         self.policy = PrecisionPolicy.create(self.precision_arg, self.device)
+        self._on_cpu = self.device.type == "cpu"
         self.ema = None
         if self.ema_decay is not None:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
@@ -145,7 +131,9 @@ class Trainer:
         sched = self._scheduler_arg
         if callable(sched) and not hasattr(sched, "step"):
             if self.total_steps is None:
-                raise ValueError("this scheduler needs the run length: set max_steps, or use a train loader with a length")
+                raise ValueError(
+                    "this scheduler needs the run length: set max_steps, or use a train loader with a length"
+                )
             sched = sched(self.optimizer, self.total_steps)
         self.scheduler = sched
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.keep_last) if self.run_dir else None
@@ -155,6 +143,11 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self._step = OptimizerStep(
+            self.model, self.train_model, self.optimizer,
+            loss_fn=self.loss_fn, step_fn=self.step_fn, policy=self.policy, dist=self.dist, device=self.device,
+            grad_clip_norm=self.grad_clip_norm, scheduler=self.scheduler, ema=self.ema,
+        )  # fmt: skip
         self.logger = None
         if self.dist.is_main:
             if self.run_dir is not None:
@@ -180,14 +173,18 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- fit
     @classmethod
-    def from_config(cls, config: Any, overrides: list[str] | None = None, run_dir: str | Path | None = None) -> "Trainer":
+    def from_config(cls, config: Any, overrides: list[str] | None = None, run_dir: str | Path | None = None) -> Trainer:
         """A Trainer built from a YAML path or :class:`~deepseek.config.Config`; ``fit()`` then needs no data."""
         from deepseek.train.build import trainer_from_config
 
         return trainer_from_config(config, overrides, run_dir)
 
     def fit(
-        self, train_data: Iterable[Any] | None = None, val_data: Iterable[Any] | None = None, *, resume: str | Path | None = None
+        self,
+        train_data: Iterable[Any] | None = None,
+        val_data: Iterable[Any] | None = None,
+        *,
+        resume: str | Path | None = None,
     ) -> dict[str, Any]:
         """Train and return the run summary.
 
@@ -200,7 +197,7 @@ class Trainer:
                 raise ValueError("fit() needs train_data (only a Trainer built from a config has its own)")
         self._setup(train_data, resume)
         self._t_start = self._t_log = self._t_ckpt = time.monotonic()
-        self._losses: list[torch.Tensor] = []
+        self._losses: list[Any] = []
         self._samples = self._samples_total = 0
         self._last_val_step = self._last_ckpt_step = -1
         self.callbacks("on_train_start", self)
@@ -218,13 +215,13 @@ class Trainer:
             batches = self._epoch_batches(train_data)
             self.train_model.train()
             self.callbacks("on_epoch_start", self)
-            for window, epoch_end in _windows(batches, self.accumulate_grad_batches):
-                loss, samples = self._optimizer_step(window)
+            for window, epoch_end in windows(batches, self.accumulate_grad_batches):
+                loss, samples = self._step(window)
                 self.global_step += 1
                 self.batch_in_epoch += len(window)
                 self._samples += samples
-                if self.logger:
-                    self._losses.append(loss)
+                if self.logger:  # on CPU .item() is free; on a GPU it would sync, so keep tensors until logging
+                    self._losses.append(loss.item() if self._on_cpu else loss)
                 self._after_step(val_data, epoch_end)
                 if self.should_stop:
                     return
@@ -242,58 +239,6 @@ class Trainer:
         if self.batch_in_epoch:  # fast-forward a loader that cannot skip by itself
             return islice(train_data, self.batch_in_epoch, None)
         return train_data
-
-    def _optimizer_step(self, window: list[Any]) -> tuple[torch.Tensor, int]:
-        sizes = [batch_size_of(b) for b in window]
-        local = sum(sizes)
-        total, world = float(local), self.dist.world_size
-        if self.dist.enabled:
-            total = all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=self.device), self.dist).item()
-        scaler, last = self.policy.scaler, len(window) - 1
-        logged = None
-        for i, batch in enumerate(window):
-            if self.device.type != "cpu":
-                batch = move_to(batch, self.device)
-            sync = self.train_model.no_sync() if self.dist.enabled and i < last else contextlib.nullcontext()
-            with sync:
-                with self.policy.autocast():
-                    loss = self._loss(self.train_model, batch)
-                weight = sizes[i] * world / total
-                scaled = loss if weight == 1.0 else loss * weight
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            share = loss.detach() if last == 0 else loss.detach() * (sizes[i] / local)
-            logged = share if logged is None else logged + share
-        if self.grad_clip_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(self.optimizer)
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        return logged, local  # type: ignore[return-value]
-
-    def _loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        if self.step_fn is not None:
-            out = self.step_fn(model, batch)
-            return out[0] if isinstance(out, tuple) else out
-        inputs, targets = self._split(batch)
-        return self.loss_fn(model(inputs), targets)
-
-    @staticmethod
-    def _split(batch: Any) -> tuple[Any, Any]:
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            return batch[0], batch[1]
-        raise TypeError(
-            f"the default step expects (inputs, targets) batches, got {type(batch).__name__}; "
-            "pass step_fn(model, batch) -> loss | (loss, outputs, targets) for other batch types"
-        )
 
     def _after_step(self, val_data: Iterable[Any] | None, epoch_end: bool) -> None:
         step = self.global_step
@@ -318,12 +263,12 @@ class Trainer:
     def _log_train(self) -> None:
         now = time.monotonic()
         values = {
-            "train/loss": torch.stack(self._losses).float().mean().item() if self._losses else math.nan,
+            "train/loss": mean_loss(self._losses),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "samples_per_s": self._samples / max(now - self._t_log, 1e-9),
         }
         if self.grad_clip_norm is not None:
-            values["grad_norm"] = float(self.grad_norm)
+            values["grad_norm"] = float(self._step.grad_norm)
         if self.policy.scaler is not None:
             values["loss_scale"] = float(self.policy.scaler.get_scale())
         self._losses.clear()
@@ -342,41 +287,26 @@ class Trainer:
             return False
         return self.best.improved(metrics[self.best.monitor])
 
-    @torch.no_grad()
     def validate(self, val_data: Iterable[Any]) -> dict[str, float]:
-        """Loss and metrics over ``val_data`` (EMA weights when EMA is on), summed over all ranks."""
+        """``val/loss`` and ``val/<metric>`` over ``val_data`` (EMA weights when EMA is on), over all ranks."""
         model = self.ema.module if getattr(self, "ema", None) is not None else self.model
-        was_training = model.training
-        model.eval()
         policy = getattr(self, "policy", None) or PrecisionPolicy.create(self.precision_arg, self.device)
-        sums = torch.zeros(2, dtype=torch.float64)
-        for m in self.metrics:
-            m.reset()
-        for batch in val_data:
-            batch = move_to(batch, self.device)
-            with policy.autocast():
-                loss, outputs, targets = self._eval_step(model, batch)
-            n = batch_size_of(batch)
-            sums += torch.tensor([float(loss) * n, n], dtype=torch.float64)
-            if outputs is not None:
-                for m in self.metrics:
-                    m.update(outputs.float(), targets)
-        dist_info = getattr(self, "dist", DistInfo())
-        all_reduce_sum(sums, dist_info)
-        result = {"val/loss": sums[0].item() / max(sums[1].item(), 1.0)}
-        for m in self.metrics:
-            if hasattr(m, "state"):
-                all_reduce_sum(m.state, dist_info)
-            result[f"val/{m.name}"] = float(m.compute())
-        model.train(was_training)
-        self.last_val_metrics = result
-        return result
+        self.last_val_metrics = evaluate(
+            model,
+            val_data,
+            self._eval_step,
+            self.metrics,
+            device=self.device,
+            autocast=policy.autocast,
+            dist=getattr(self, "dist", DistInfo()),
+        )
+        return self.last_val_metrics
 
     def _eval_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
         if self.step_fn is not None:
             out = self.step_fn(model, batch)
             return (out[0], out[1], out[2]) if isinstance(out, tuple) else (out, None, None)
-        inputs, targets = self._split(batch)
+        inputs, targets = split_batch(batch)
         outputs = model(inputs)
         return self.loss_fn(outputs, targets), outputs, targets
 
@@ -411,16 +341,8 @@ class Trainer:
         self.callbacks("on_checkpoint", self, path)
         return path
 
-    def _restore(self, resume: str | Path) -> Path | None:
-        if str(resume) == "auto":
-            if self.ckpt is None:
-                raise ValueError("resume='auto' needs a run_dir")
-            path = self.ckpt.latest_valid()
-            if path is None:
-                return None
-        else:
-            path = resolve_checkpoint(resume)
-        state = load_checkpoint(path, self.model)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (the weights are loaded separately)."""
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -432,11 +354,25 @@ class Trainer:
         self.best.load_state_dict(state["best"])
         self.best_checkpoint = state["best"].get("checkpoint")
         self.last_val_metrics = dict(state["last_val_metrics"])
-        self.global_step, self.epoch = state["global_step"], state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
+        self.global_step, self.epoch, self.batch_in_epoch = (
+            state["global_step"],
+            state["epoch"],
+            state["batch_in_epoch"],
+        )
         self.should_stop, self.stop_reason = state["should_stop"], state["stop_reason"]
         self._wall_before = float(state["wall_s"])
         rng.set_rng_state(state["rng"])
+
+    def _restore(self, resume: str | Path) -> Path | None:
+        if str(resume) == "auto":
+            if self.ckpt is None:
+                raise ValueError("resume='auto' needs a run_dir")
+            path = self.ckpt.latest_valid()
+            if path is None:
+                return None
+        else:
+            path = resolve_checkpoint(resume)
+        self.load_state_dict(load_checkpoint(path, self.model))
         return path
 
     # ---------------------------------------------------------------------------------- finish
@@ -463,7 +399,9 @@ class Trainer:
         }
         if self.dist.is_main and self.run_dir is not None:
             (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
-            save_weights(self.ema.module if self.ema is not None else self.model, self.run_dir / "final" / "model.safetensors")
+            save_weights(
+                self.ema.module if self.ema is not None else self.model, self.run_dir / "final" / "model.safetensors"
+            )
             write_json_atomic(self.run_dir / "summary.json", summary)
         self.callbacks("on_train_end", self)
         if self.logger:

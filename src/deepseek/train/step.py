@@ -1,0 +1,116 @@
+"""One optimizer step over an accumulation window: the Trainer's hot path.
+
+Gradient accumulation is exact: each micro-batch's mean loss is weighted by its share of the
+samples in the whole window over all ranks, so 4 micro-batches of 8 give the gradients of one batch
+of 32, also when the last micro-batch is short. Under DDP the gradient all-reduce runs on the final
+micro-step only (``no_sync`` before it). A window of one micro-batch on one process takes a lean
+path: this is where framework overhead per step would show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from deepseek.train.batching import move_to, split_batch
+from deepseek.train.distributed import DistInfo, all_reduce_sum
+from deepseek.train.metrics import batch_size_of
+from deepseek.train.precision import PrecisionPolicy
+
+
+class OptimizerStep:
+    """``step(window) -> (mean loss on this rank, detached; sample count on this rank)``.
+
+    ``model`` is the bare module (clipping, EMA); ``train_model`` is what runs forward (it may be
+    the DDP wrapper of ``model``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        loss_fn: Callable[..., torch.Tensor],
+        step_fn: Callable[[nn.Module, Any], Any] | None,
+        policy: PrecisionPolicy,
+        dist: DistInfo,
+        device: torch.device,
+        grad_clip_norm: float | None = None,
+        scheduler: Any = None,
+        ema: Any = None,
+    ) -> None:
+        self.model, self.train_model, self.optimizer = model, train_model, optimizer
+        self.loss_fn, self.step_fn = loss_fn, step_fn
+        self.policy, self.dist, self.device = policy, dist, device
+        self.grad_clip_norm, self.scheduler, self.ema = grad_clip_norm, scheduler, ema
+        self._autocast, self._on_cpu = policy.autocast, device.type == "cpu"
+        self.grad_norm: torch.Tensor | None = None
+
+    def __call__(self, window: list[Any]) -> tuple[torch.Tensor, int]:
+        """Forward/backward every micro-batch of ``window``, then one optimizer step.
+
+        Returns the window's mean loss on this rank (detached, still on the device) and its sample count.
+        """
+        scaler = self.policy.scaler
+        if len(window) == 1 and not self.dist.enabled:  # the common case, kept lean
+            batch = window[0] if self._on_cpu else move_to(window[0], self.device)
+            with self._autocast():
+                if self.step_fn is None and type(batch) in (tuple, list) and len(batch) == 2:
+                    loss = self.loss_fn(self.train_model(batch[0]), batch[1])
+                    local = batch[0].shape[0] if isinstance(batch[0], torch.Tensor) else batch_size_of(batch)
+                else:
+                    loss, local = self.loss(self.train_model, batch), batch_size_of(batch)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            logged = loss.detach()
+        else:
+            logged, local = self.accumulate(window)
+        if self.grad_clip_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return logged, local
+
+    def accumulate(self, window: list[Any]) -> tuple[torch.Tensor, int]:
+        """Backward over several micro-batches (and/or ranks), each loss weighted by its share of
+        the window's samples over all ranks; DDP all-reduces on the last micro-batch only."""
+        sizes = [batch_size_of(b) for b in window]
+        local = sum(sizes)
+        total, world = float(local), self.dist.world_size
+        if self.dist.enabled:
+            total = all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=self.device), self.dist).item()
+        scaler, last = self.policy.scaler, len(window) - 1
+        logged = torch.zeros((), device=self.device)
+        for i, batch in enumerate(window):
+            if not self._on_cpu:
+                batch = move_to(batch, self.device)
+            sync = self.train_model.no_sync() if self.dist.enabled and i < last else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    loss = self.loss(self.train_model, batch)
+                weight = sizes[i] * world / total
+                scaled = loss if weight == 1.0 else loss * weight
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            logged += loss.detach().float() * (sizes[i] / local)
+        return logged, local
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        if self.step_fn is not None:
+            out = self.step_fn(model, batch)
+            return out[0] if isinstance(out, tuple) else out
+        inputs, targets = split_batch(batch)
+        return self.loss_fn(model(inputs), targets)
