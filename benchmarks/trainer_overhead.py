@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import statistics
 import tempfile
 import time
@@ -75,6 +76,7 @@ def lightning_loop(model: nn.Module, batches: list, run_dir: str) -> list[float]
         import pytorch_lightning as pl
     except ImportError:
         return None
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:

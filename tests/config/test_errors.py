@@ -23,9 +23,11 @@ def test_unknown_key_suggests_the_close_one(capsys):
     assert QUICKSTART in err and "optim.lrr" in err and "did you mean 'lr'" in err and "allowed keys:" in err
 
 
-def test_unknown_builder_argument_and_section(capsys):
-    err = errors(capsys, QUICKSTART, "model.num_clases=3", "trian.max_epochs=2")
-    assert "did you mean 'train'" in err  # schema errors come first
+def test_every_problem_is_reported_at_once(capsys):
+    err = errors(capsys, QUICKSTART, "model.num_clases=3", "trian.max_epochs=2", "data.batch_size=0")
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: config ") for line in lines)
+    assert "did you mean 'train'" in err and "did you mean 'num_classes'" in err and "data.batch_size" in err
 
 
 def test_unknown_builder_argument_lists_the_signature(capsys):

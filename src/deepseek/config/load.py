@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from deepseek import registry as reg
 from deepseek.config.components import ComponentErrors, validate_kwargs
-from deepseek.config.schema import Component, Config
+from deepseek.config.schema import Component, Config, DataSection
 
 
 class ConfigError(ValueError):
@@ -104,35 +104,75 @@ def _index(node: list[Any], part: str, path: list[str], item: str, source: str) 
 def load_config(
     path: str | Path | None, overrides: Iterable[str] = (), *, data: dict[str, Any] | None = None
 ) -> Config:
-    """Read, override and validate a run config; raise :class:`ConfigError` listing every problem."""
+    """Read, override and validate a run config; raise :class:`ConfigError` listing every problem.
+
+    The schema and each component's builder arguments are checked independently, so one run of
+    ``deepseek config validate`` reports every bad key at once.
+    """
     source = f"config '{path}'" if path is not None else "config"
     raw = read_yaml(path) if path is not None else dict(data or {})
     raw = apply_overrides(raw, overrides, source)
+    problems, checked = check_components(raw, source)
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_format(source, err, Config) for err in exc.errors()]) from None
-    check_components(cfg, source)
+        raise ConfigError([_format(source, err, Config) for err in exc.errors()] + problems) from None
+    if problems:
+        raise ConfigError(problems)
+    for prefix, comp in _component_sections(cfg):
+        for k, v in checked.get(prefix, {}).items():
+            setattr(comp, k, v)  # builder arguments, type-coerced (e.g. "1e-3" -> 1e-3)
     return cfg
 
 
-def check_components(cfg: Config, source: str) -> None:
-    """Validate each component's builder kwargs; write the coerced values back into ``cfg``."""
-    sections: list[tuple[str, Component | None, reg.Registry]] = [
-        ("model", cfg.model, reg.models),
-        ("data", cfg.data, reg.datasets),
-        ("optim", cfg.optim, reg.optimizers),
-        ("scheduler", cfg.scheduler, reg.schedulers),
-        ("train.loss", cfg.train.loss, reg.losses),
-    ]
-    sections += [(f"train.metrics[{i}]", m, reg.metrics) for i, m in enumerate(cfg.train.metrics)]
-    sections += [(f"callbacks[{i}]", c, reg.callbacks) for i, c in enumerate(cfg.callbacks)]
-    problems = []
-    for prefix, comp, registry in sections:
-        if comp is None:
+_DEFAULT_COMPONENTS = {"optim": "adamw", "train.loss": "cross_entropy"}
+_REGISTRY_OF = {
+    "model": reg.models,
+    "data": reg.datasets,
+    "optim": reg.optimizers,
+    "scheduler": reg.schedulers,
+    "train.loss": reg.losses,
+    "train.metrics": reg.metrics,
+    "callbacks": reg.callbacks,
+}
+
+
+def _raw_components(raw: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """``(path, registry key, raw spec)`` of every component in an unvalidated config."""
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    found = [(key, key, raw.get(key, _DEFAULT_COMPONENTS.get(key))) for key in ("model", "data", "optim", "scheduler")]
+    found.append(("train.loss", "train.loss", train.get("loss", "cross_entropy")))
+    for key, items in (("train.metrics", train.get("metrics")), ("callbacks", raw.get("callbacks"))):
+        if isinstance(items, list):
+            found += [(f"{key}[{i}]", key, item) for i, item in enumerate(items)]
+    return found
+
+
+def _component_sections(cfg: Config) -> list[tuple[str, Component]]:
+    found = [("model", cfg.model), ("data", cfg.data), ("optim", cfg.optim), ("train.loss", cfg.train.loss)]
+    if cfg.scheduler is not None:
+        found.append(("scheduler", cfg.scheduler))
+    found += [(f"train.metrics[{i}]", m) for i, m in enumerate(cfg.train.metrics)]
+    found += [(f"callbacks[{i}]", c) for i, c in enumerate(cfg.callbacks)]
+    return found
+
+
+def check_components(raw: dict[str, Any], source: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Check each component's builder arguments against its signature.
+
+    Returns the problems and, per component path, the validated (coerced) arguments. Specs that are
+    not a mapping with a string ``name`` are left to the schema's own errors.
+    """
+    problems: list[str] = []
+    checked: dict[str, dict[str, Any]] = {}
+    reserved = {"data": set(DataSection.model_fields)}  # loader settings, not dataset arguments
+    for prefix, kind, spec in _raw_components(raw):
+        spec = {"name": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             continue
+        kwargs = {k: v for k, v in spec.items() if k not in reserved.get(kind, {"name"})}
         try:
-            checked = validate_kwargs(registry, comp.name, comp.kwargs)
+            checked[prefix] = validate_kwargs(_REGISTRY_OF[kind], spec["name"], kwargs)
         except ComponentErrors as exc:
             for e in exc.errors:
                 path = prefix + "." + ".".join(str(p) for p in e.path)
@@ -142,11 +182,7 @@ def check_components(cfg: Config, source: str) -> None:
                     problems.append(f"{source}: {_unknown_key(path, str(e.path[-1]), exc.allowed)}")
                 else:
                     problems.append(f"{source}: {path}: {e.message} (got {e.value!r})")
-            continue
-        for k, v in checked.items():
-            setattr(comp, k, v)
-    if problems:
-        raise ConfigError(problems)
+    return problems, checked
 
 
 def _format(source: str, err: dict[str, Any], root: type[BaseModel]) -> str:

@@ -42,9 +42,13 @@ class JsonlWriter:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3e}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5) else f"{value:.4f}"
-    return str(value)
+    if not isinstance(value, float):
+        return str(value)
+    if value == 0 or math.isnan(value):
+        return f"{value:g}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3e}" if abs(value) < 0.01 else f"{value:.4f}"
 
 
 class RunLogger:
@@ -128,6 +132,7 @@ class RunLogger:
             self.console.print(text, highlight=False, soft_wrap=True)
 
     def summary_table(self, summary: dict[str, Any]) -> None:
+        self._stop_bar()
         if self.mode == "off":
             return
         table = Table(title="run summary", show_header=True)
@@ -142,10 +147,13 @@ class RunLogger:
             table.add_row("stopped by", str(summary["stop_reason"]))
         self.console.print(table)
 
-    def close(self) -> None:
+    def _stop_bar(self) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+    def close(self) -> None:
+        self._stop_bar()
         if self.jsonl:
             self.jsonl.close()
             self.jsonl = None

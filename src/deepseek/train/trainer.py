@@ -274,7 +274,9 @@ class Trainer:
         self._losses.clear()
         self._samples_total += self._samples
         self._samples, self._t_log = 0, now
-        self.logger.log_step(self.global_step, self.epoch, values)  # type: ignore[union-attr]
+        # After an epoch's last step the counter has moved on; log the epoch the steps belong to.
+        epoch = self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
+        self.logger.log_step(self.global_step, epoch, values)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------------------ validation
     def _validate_and_track(self, val_data: Iterable[Any]) -> bool:
