@@ -40,3 +40,9 @@ def test_digits_split_is_stratified_and_seeded():
     assert torch.equal(a.val.tensors[1], b.val.tensors[1])
     counts = torch.bincount(a.val.tensors[1], minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37
+
+
+def test_a_skip_to_the_end_of_the_epoch_yields_nothing():
+    loader = ResumableDataLoader(TensorDataset(torch.arange(20)), 8)
+    loader.load_state_dict({"epoch": 0, "batches": 3})
+    assert len(loader) == 0 and list(loader) == []

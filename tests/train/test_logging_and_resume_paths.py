@@ -67,3 +67,14 @@ def test_checkpoints_by_wall_clock(tmp_path):
     t.fit(batches())
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
     assert names == [f"step-{i:08d}" for i in range(1, 5)]
+
+
+def test_a_finished_run_resumed_with_more_steps_continues(tmp_path):
+    data = batches()
+    make_trainer(tmp_path / "run", max_steps=4).fit(data)  # its final checkpoint is at step 4
+    extended = make_trainer(tmp_path / "run", max_steps=12)
+    summary = extended.fit(data, resume="auto")
+    straight = make_trainer(tmp_path / "straight", max_steps=12)
+    straight.fit(data)
+    assert extended.global_step == 12 and summary["stop_reason"] == "max_steps=12"
+    assert torch.equal(extended.model.weight, straight.model.weight)

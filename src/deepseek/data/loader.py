@@ -63,9 +63,8 @@ class ShardedSampler(Sampler[int]):
         return iter(self.shard()[start:].tolist())
 
     def __len__(self) -> int:
-        if self.pad:
-            return math.ceil(self.n / self.world_size) - self.skip
-        return len(range(self.rank, self.n, self.world_size)) - self.skip
+        full = math.ceil(self.n / self.world_size) if self.pad else len(range(self.rank, self.n, self.world_size))
+        return max(0, full - self.skip)
 
 
 class ResumableDataLoader(DataLoader):

@@ -23,7 +23,9 @@ from deepseek.train.precision import PrecisionPolicy
 
 
 class OptimizerStep:
-    """``step(window) -> (mean loss on this rank, detached; sample count on this rank)``.
+    """``step(window) -> (mean loss on this rank, sample count on this rank)``.
+
+    The loss is a Python float on CPU and a detached device scalar elsewhere (no per-step sync).
 
     ``model`` is the bare module (clipping, EMA); ``train_model`` is what runs forward (it may be
     the DDP wrapper of ``model``).
@@ -48,27 +50,33 @@ class OptimizerStep:
         self.loss_fn, self.step_fn = loss_fn, step_fn
         self.policy, self.dist, self.device = policy, dist, device
         self.grad_clip_norm, self.scheduler, self.ema = grad_clip_norm, scheduler, ema
-        self._autocast, self._on_cpu = policy.autocast, device.type == "cpu"
+        self._autocast, self._on_cpu, self._fp32 = policy.autocast, device.type == "cpu", policy.dtype is None
         self.grad_norm: torch.Tensor | None = None
 
-    def __call__(self, window: list[Any]) -> tuple[torch.Tensor, int]:
+    def __call__(self, window: list[Any]) -> tuple[float | torch.Tensor, int]:
         """Forward/backward every micro-batch of ``window``, then one optimizer step.
 
-        Returns the window's mean loss on this rank (detached, still on the device) and its sample count.
+        Returns the window's mean loss on this rank and its sample count.
         """
         scaler = self.policy.scaler
         if len(window) == 1 and not self.dist.enabled:  # the common case, kept lean
             batch = window[0] if self._on_cpu else move_to(window[0], self.device)
-            with self._autocast():
-                if self.step_fn is None and type(batch) in (tuple, list) and len(batch) == 2:
-                    loss = self.loss_fn(self.train_model(batch[0]), batch[1])
-                    local = batch[0].shape[0] if isinstance(batch[0], torch.Tensor) else batch_size_of(batch)
-                else:
-                    loss, local = self.loss(self.train_model, batch), batch_size_of(batch)
+            default = self.step_fn is None and type(batch) in (tuple, list) and len(batch) == 2
+            if default and self._fp32:  # even a null context costs ~4 us a step here
+                loss = self.loss_fn(self.train_model(batch[0]), batch[1])
+            else:
+                with self._autocast():
+                    loss = (
+                        self.loss_fn(self.train_model(batch[0]), batch[1])
+                        if default
+                        else self.loss(self.train_model, batch)
+                    )
+            local = batch[0].shape[0] if default and isinstance(batch[0], torch.Tensor) else batch_size_of(batch)
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            logged = loss.detach()
+            logged = loss.item() if self._on_cpu else loss.detach()  # .item() is free on CPU, a sync on GPUs
         else:
             logged, local = self.accumulate(window)
+            logged = logged.item() if self._on_cpu else logged
         if self.grad_clip_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)

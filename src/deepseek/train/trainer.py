@@ -192,7 +192,8 @@ class Trainer:
         there is none); a path resumes from that checkpoint (or the newest in that directory).
         """
         if train_data is None:
-            train_data, val_data = getattr(self, "train_data", None), val_data or getattr(self, "val_data", None)
+            train_data = getattr(self, "train_data", None)
+            val_data = val_data if val_data is not None else getattr(self, "val_data", None)
             if train_data is None:
                 raise ValueError("fit() needs train_data (only a Trainer built from a config has its own)")
         self._setup(train_data, resume)
@@ -210,8 +211,16 @@ class Trainer:
             if self.logger:
                 self.logger.close()
 
+    def _done(self) -> bool:
+        """Stopped by a callback (persisted), or out of steps/epochs (derived: a resumed run may extend them)."""
+        return (
+            self.should_stop
+            or (self.max_steps is not None and self.global_step >= self.max_steps)
+            or (self.max_epochs is not None and self.epoch >= self.max_epochs)
+        )
+
     def _loop(self, train_data: Iterable[Any], val_data: Iterable[Any] | None) -> None:
-        while not self.should_stop and (self.max_epochs is None or self.epoch < self.max_epochs):
+        while not self._done():
             batches = self._epoch_batches(train_data)
             self.train_model.train()
             self.callbacks("on_epoch_start", self)
@@ -220,10 +229,10 @@ class Trainer:
                 self.global_step += 1
                 self.batch_in_epoch += len(window)
                 self._samples += samples
-                if self.logger:  # on CPU .item() is free; on a GPU it would sync, so keep tensors until logging
-                    self._losses.append(loss.item() if self._on_cpu else loss)
+                if self.logger:
+                    self._losses.append(loss)
                 self._after_step(val_data, epoch_end)
-                if self.should_stop:
+                if self.should_stop or (self.max_steps is not None and self.global_step >= self.max_steps):
                     return
             self.epoch += 1
             self.batch_in_epoch = 0
@@ -248,8 +257,6 @@ class Trainer:
         epoch_val = epoch_end and self.val_every_epochs and (self.epoch + 1) % self.val_every_epochs == 0
         if val_data is not None and ((self.val_every_steps and step % self.val_every_steps == 0) or epoch_val):
             improved = self._validate_and_track(val_data)
-        if self.max_steps is not None and step >= self.max_steps:
-            self.should_stop, self.stop_reason = True, self.stop_reason or f"max_steps={self.max_steps}"
         self.callbacks("on_step_end", self)
         if epoch_end:
             self.callbacks("on_epoch_end", self)
@@ -397,7 +404,12 @@ class Trainer:
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "best": {"monitor": self.best.monitor, "value": self.best.best, "checkpoint": self.best_checkpoint},
-            "stop_reason": self.stop_reason or "max_epochs",
+            "stop_reason": self.stop_reason
+            or (
+                f"max_steps={self.max_steps}"
+                if self.max_steps is not None and self.global_step >= self.max_steps
+                else f"max_epochs={self.max_epochs}"
+            ),
         }
         if self.dist.is_main and self.run_dir is not None:
             (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
