@@ -92,3 +92,8 @@ def test_real_process_exits_2_without_traceback():
     r = run_cli("train", QUICKSTART, "optim.lr=-1")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "optim.lr" in r.stderr and "-1" in r.stderr
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["config", "validate", QUICKSTART, "--print", "optim.lr=0.5"]) == 0
+    assert "lr: 0.5" in capsys.readouterr().out

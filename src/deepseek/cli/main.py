@@ -187,7 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deepseek.registry import RegistryError
     from deepseek.train.checkpoint import CheckpointError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow options too (`eval CFG --checkpoint X optim.lr=1`); argparse stops at them.
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    target = "items" if hasattr(args, "items") else "overrides" if hasattr(args, "overrides") else None
+    if unknown or (overrides and target is None):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        setattr(args, target, [*getattr(args, target), *overrides])
     try:
         return args.fn(args)
     except ConfigError as exc:

@@ -7,14 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn as nn
+import yaml
 from torch.utils.data import DataLoader
 
 from deepseek import registry as reg
-from deepseek.config import Config, load_config
+from deepseek.config import Config, ConfigError, load_config
 from deepseek.data import ResumableDataLoader, build_dataset
 from deepseek.optim import build_optimizer, build_scheduler
 from deepseek.train.callbacks import EarlyStopping
+from deepseek.train.checkpoint import MODEL_FILE, STATE_FILE, load_weights, resolve_checkpoint, write_text_atomic
 from deepseek.train.distributed import DistInfo, init_distributed, resolve_device
 from deepseek.train.rng import seed_everything
 from deepseek.train.trainer import Trainer
@@ -104,33 +107,23 @@ def trainer_from_config(
 
 def save_resolved_config(cfg: Config, run_dir: str | Path) -> Path:
     """Write the resolved config (defaults filled in) to ``run_dir/config.yaml``, atomically."""
-    import os
-
-    import yaml
-
     path = Path(run_dir) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".config.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return path
 
 
 def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, float]:
     """Validation loss and metrics of a checkpoint (EMA weights when it has them) or a ``.safetensors`` file."""
-    import torch
-
-    from deepseek.train.checkpoint import STATE_FILE, load_weights, resolve_checkpoint
-
     run = build_run(cfg, None, progress="off")
     if run.val_loader is None:
-        raise ValueError("the config's dataset has no validation split (data.val_fraction is 0)")
+        raise ConfigError([f"data: dataset '{cfg.data.name}' has no validation split (is data.val_fraction 0?)"])
     path = Path(checkpoint)
     if path.is_file():
         load_weights(run.model, path)
     else:
         ckpt = resolve_checkpoint(path)
-        load_weights(run.model, ckpt / "model.safetensors")
+        load_weights(run.model, ckpt / MODEL_FILE)
         ema = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True).get("ema")
         if ema is not None:
             run.model.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
