@@ -58,4 +58,6 @@ def test_deepseek_list_prints_each_kind(capsys, kind):
     out = capsys.readouterr().out
     assert out.startswith(f"{kind} ({len(REGISTRIES[kind])}):")
     for name in REGISTRIES[kind].names():
-        assert name in out
+        assert REGISTRIES[kind].display_name(name) in out
+    if kind == "transforms":
+        assert "[vision]" in out and "[pointcloud]" in out

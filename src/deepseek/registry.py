@@ -37,6 +37,7 @@ class Registry:
         self._entries: dict[str, Callable[..., Any]] = {}
         self._aliases: dict[str, str] = {}
         self._info: dict[str, dict[str, Any]] = {}
+        self._display: dict[str, str] = {}
 
     def register(self, name: str | None = None, *, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[F], F]:
         """Decorator registering ``fn`` under ``name`` (default: its ``__name__``)."""
@@ -47,6 +48,7 @@ class Registry:
                 raise RegistryError(f"{self.kind}: '{key}' is already registered")
             self._entries[key] = fn
             self._info[key] = dict(info)
+            self._display[key] = name or fn.__name__
             for alias in aliases:
                 self._aliases[alias.lower()] = key
             return fn
@@ -86,6 +88,10 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def display_name(self, name: str) -> str:
+        """The name as registered (``RandomRotation``); lookups ignore case."""
+        return self._display[self.canonical(name)]
 
     def aliases_of(self, name: str) -> list[str]:
         key = self.canonical(name)

@@ -109,11 +109,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{kind} ({len(registry)}):")
         if not len(registry):
             print("  (none registered yet)")
-        width = max((len(n) for n in registry.names()), default=0)
-        for name in registry.names():
+        rows = sorted(registry.names(), key=lambda n: (registry.info(n).get("modality", ""), n))
+        width = max((len(registry.display_name(n)) for n in rows), default=0)
+        for name in rows:
             aliases = registry.aliases_of(name)
             alias_text = f" (also: {', '.join(aliases)})" if aliases else ""
-            print(f"  {name:<{width}}  {registry.summary(name)}{alias_text}")
+            modality = registry.info(name).get("modality")
+            tag = f"[{modality}] " if modality else ""
+            print(f"  {registry.display_name(name):<{width}}  {tag}{registry.summary(name)}{alias_text}")
     return 0
 
 
@@ -209,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `deepseek list transforms | head`: the reader left; end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
