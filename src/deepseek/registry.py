@@ -67,8 +67,9 @@ class Registry:
     def unknown_message(self, name: str) -> str:
         known = sorted(self._entries) + sorted(self._aliases)
         close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
-        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        listed = ", ".join(sorted(self._entries)) or "(none)"
+        shown = [self._display.get(c, c) for c in close]
+        hint = f" did you mean {', '.join(repr(c) for c in shown)}?" if close else ""
+        listed = ", ".join(sorted(self._display[k] for k in self._entries)) or "(none)"
         return (
             f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} '{name}';{hint}"
             f" registered: {listed}; or give an import path such as 'my_pkg.module:Name'"

@@ -64,7 +64,7 @@ def test_steps_may_be_names_callables_and_specs():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"type": "RandomRotaton"}, "did you mean 'randomrotation'"),
+        ({"type": "RandomRotaton"}, "did you mean 'RandomRotation'"),
         (
             {"type": "GaussianNoise", "params": {"sigmaa": 0.1}},
             "GaussianNoise.*sigmaa.*parameters of GaussianNoise: mean, p, sigma",

@@ -29,7 +29,16 @@ def config(tmp_path: Path, num_workers: int) -> Path:
         tmp_path / "cfg.yaml",
         {
             "model": {"name": "simple_cnn", "width": 8, "dropout": 0.3},  # dropout: the RNG state matters
-            "data": {"name": "digits", "batch_size": 64, "num_workers": num_workers},
+            "data": {
+                "name": "digits",
+                "batch_size": 64,
+                "num_workers": num_workers,
+                # random augmentations in the workers: resume must replay them exactly
+                "transforms": [
+                    {"type": "RandomRotation", "params": {"degrees": 15}},
+                    {"type": "GaussianNoise", "params": {"sigma": 0.05}},
+                ],
+            },
             "optim": {"name": "adamw", "lr": 3e-3},
             "scheduler": {"name": "warmup_cosine", "warmup_steps": 10},
             "train": {"max_epochs": 3, "ema_decay": 0.9, "grad_clip_norm": 1.0, "seed": 3},

@@ -182,7 +182,25 @@ def check_components(raw: dict[str, Any], source: str) -> tuple[list[str], dict[
                     problems.append(f"{source}: {_unknown_key(path, str(e.path[-1]), exc.allowed)}")
                 else:
                     problems.append(f"{source}: {path}: {e.message} (got {e.value!r})")
+    problems += _check_transforms(raw, source)
     return problems, checked
+
+
+def _check_transforms(raw: dict[str, Any], source: str) -> list[str]:
+    """Build each ``data.transforms`` step once, so a bad one is a config error with its path."""
+    from deepseek.data.transforms import TransformError, build_transform  # data imports config: import late
+
+    data = raw.get("data")
+    specs = data.get("transforms") if isinstance(data, dict) else None
+    if not isinstance(specs, list):
+        return []
+    problems = []
+    for i, spec in enumerate(specs):
+        try:
+            build_transform(spec)
+        except TransformError as exc:
+            problems.append(f"{source}: data.transforms[{i}]: {exc}")
+    return problems
 
 
 def _format(source: str, err: dict[str, Any], root: type[BaseModel]) -> str:

@@ -35,13 +35,17 @@ class Component(BaseModel):
 
 
 class DataSection(Component):
-    """The dataset by name plus loader settings; other keys go to the dataset builder."""
+    """The dataset by name plus loader settings; other keys go to the dataset builder.
+
+    ``transforms`` run on each training sample's input in the loader's workers, seeded per sample.
+    """
 
     batch_size: PositiveInt = 64
     val_batch_size: Optional[PositiveInt] = None
     num_workers: NonNegativeInt = 0
     shuffle: bool = True
     drop_last: bool = False
+    transforms: list[Any] = []  # training augmentations: names or {type: Name, params: {...}}
 
 
 class EarlyStoppingSection(Strict):

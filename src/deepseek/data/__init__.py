@@ -5,7 +5,16 @@ from __future__ import annotations
 from deepseek.data import datasets as _datasets  # noqa: F401  (registers the builders)
 from deepseek.data import transforms  # noqa: F401  (registers the transforms)
 from deepseek.data.datasets import DatasetSplits, build_dataset
+from deepseek.data.distributed import DistributedDataset
 from deepseek.data.loader import ResumableDataLoader, ShardedSampler
 from deepseek.data.transforms import Pipeline
 
-__all__ = ["DatasetSplits", "Pipeline", "ResumableDataLoader", "ShardedSampler", "build_dataset", "transforms"]
+__all__ = [
+    "DatasetSplits",
+    "DistributedDataset",
+    "Pipeline",
+    "ResumableDataLoader",
+    "ShardedSampler",
+    "build_dataset",
+    "transforms",
+]

@@ -196,6 +196,7 @@ class Trainer:
             val_data = val_data if val_data is not None else getattr(self, "val_data", None)
             if train_data is None:
                 raise ValueError("fit() needs train_data (only a Trainer built from a config has its own)")
+        self._train_data = train_data
         self._setup(train_data, resume)
         self._t_start = self._t_log = self._t_ckpt = time.monotonic()
         self._losses: list[Any] = []
@@ -243,7 +244,8 @@ class Trainer:
         elif hasattr(getattr(train_data, "sampler", None), "set_epoch"):
             train_data.sampler.set_epoch(self.epoch)  # a DataLoader over a DistributedSampler
         if self.batch_in_epoch and hasattr(train_data, "load_state_dict"):
-            train_data.load_state_dict({"epoch": self.epoch, "batches": self.batch_in_epoch})
+            saved = getattr(self, "_data_state", None) or {}
+            train_data.load_state_dict({**saved, "epoch": self.epoch, "batches": self.batch_in_epoch})
             return train_data
         if self.batch_in_epoch:  # fast-forward a loader that cannot skip by itself
             return islice(train_data, self.batch_in_epoch, None)
@@ -337,6 +339,7 @@ class Trainer:
             "callbacks": self.callbacks.state_dict(),
             "best": {**self.best.state_dict(), "checkpoint": self.best_checkpoint},
             "last_val_metrics": self.last_val_metrics,
+            "data": self._train_data.state_dict() if hasattr(self._train_data, "state_dict") else None,
         }
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
@@ -370,6 +373,7 @@ class Trainer:
         )
         self.should_stop, self.stop_reason = state["should_stop"], state["stop_reason"]
         self._wall_before = float(state["wall_s"])
+        self._data_state = state.get("data")
         rng.set_rng_state(state["rng"])
 
     def _restore(self, resume: str | Path) -> Path | None:
