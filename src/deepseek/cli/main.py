@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from deepseek.cli.errors import UsageError
+
 BUNDLED_CONFIG = "quickstart.yaml"
-
-
-class UsageError(Exception):
-    """A user mistake reported as ``error: ...`` with exit code 2."""
 
 
 def default_config() -> str:
@@ -139,6 +137,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deepseek.cli.data_cmds import add_data_parser
     from deepseek.registry import REGISTRIES
 
     parser = argparse.ArgumentParser(prog="deepseek", description="deepseek-framework command line")
@@ -177,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=sorted(REGISTRIES) + ["all"], help="what to list")
     p.set_defaults(fn=cmd_list)
 
+    add_data_parser(sub)
+
     p = sub.add_parser("launch", help="run `deepseek train` under torchrun on N local processes")
     p.add_argument("--nproc", type=int, required=True, help="processes on this machine")
     train_like(p)
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    except (UsageError, RegistryError, CheckpointError) as exc:
+    except (UsageError, RegistryError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from deepseek.data import (  # noqa: F401  (register their datasets)
+    bundled,
+    folders,
+    transforms,  # noqa: F401  (registers the transforms)
+)
 from deepseek.data import datasets as _datasets  # noqa: F401  (registers the builders)
-from deepseek.data import transforms  # noqa: F401  (registers the transforms)
 from deepseek.data.datasets import DatasetSplits, build_dataset
 from deepseek.data.distributed import DistributedDataset
 from deepseek.data.loader import ResumableDataLoader, ShardedSampler

@@ -83,6 +83,50 @@ def synthetic_classification(
     return DatasetSplits(train, val, num_classes=num_classes, input_shape=(num_features,))
 
 
+def _sklearn_table(loader: str, val_fraction: float, seed: int, regression: bool = False) -> DatasetSplits:
+    import sklearn.datasets as skd
+
+    bunch = getattr(skd, loader)()
+    x = torch.tensor(bunch.data, dtype=torch.float32)
+    if regression:
+        y = torch.tensor(bunch.target, dtype=torch.float32).unsqueeze(-1)
+        n_val = int(round(len(y) * val_fraction))
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+        train, val = TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx]) if n_val else None
+        return DatasetSplits(train, val, None, (x.shape[1],), {"source": "sklearn", "task": "regression"})
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    train, val = stratified_split(x, y, val_fraction, seed)
+    names = list(getattr(bunch, "target_names", []))
+    return DatasetSplits(
+        train, val, int(y.max()) + 1, (x.shape[1],), {"source": "sklearn", "classes": [str(n) for n in names]}
+    )
+
+
+@register_dataset("iris")
+def iris(val_fraction: Fraction = 0.2, seed: int = 0) -> DatasetSplits:
+    """scikit-learn's iris: 150 samples, 4 features, 3 classes; ``(features (4,), label)``."""
+    return _sklearn_table("load_iris", val_fraction, seed)
+
+
+@register_dataset("wine")
+def wine(val_fraction: Fraction = 0.2, seed: int = 0) -> DatasetSplits:
+    """scikit-learn's wine: 178 samples, 13 features, 3 classes; ``(features (13,), label)``."""
+    return _sklearn_table("load_wine", val_fraction, seed)
+
+
+@register_dataset("breast_cancer")
+def breast_cancer(val_fraction: Fraction = 0.2, seed: int = 0) -> DatasetSplits:
+    """scikit-learn's breast cancer: 569 samples, 30 features, 2 classes; ``(features (30,), label)``."""
+    return _sklearn_table("load_breast_cancer", val_fraction, seed)
+
+
+@register_dataset("diabetes")
+def diabetes(val_fraction: Fraction = 0.2, seed: int = 0) -> DatasetSplits:
+    """scikit-learn's diabetes regression: 442 samples, 10 features; ``(features (10,), target (1,))``."""
+    return _sklearn_table("load_diabetes", val_fraction, seed, regression=True)
+
+
 def build_dataset(name: str, **kwargs: Any) -> DatasetSplits:
     """Build a registered dataset (or one named by import path)."""
     return datasets.build(name, **kwargs)
