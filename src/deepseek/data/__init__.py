@@ -11,9 +11,25 @@ from deepseek.data import datasets as _datasets  # noqa: F401  (registers the bu
 from deepseek.data.datasets import DatasetSplits, build_dataset
 from deepseek.data.distributed import DistributedDataset
 from deepseek.data.loader import ResumableDataLoader, ShardedSampler
+from deepseek.data.multimodal import (
+    AudioExtractor,
+    GraphTransformer,
+    MultimodalCollate,
+    PointCloud3D,
+    TextProcessor,
+    TimeSeriesNet,
+    VisionEncoder,
+)  # fmt: skip
 from deepseek.data.transforms import Pipeline
 
 __all__ = [
+    "AudioExtractor",
+    "GraphTransformer",
+    "MultimodalCollate",
+    "PointCloud3D",
+    "TextProcessor",
+    "TimeSeriesNet",
+    "VisionEncoder",
     "DatasetSplits",
     "DistributedDataset",
     "Pipeline",
