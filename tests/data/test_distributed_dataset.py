@@ -46,3 +46,17 @@ def test_registered_dataset_by_name():
     loader = DistributedDataset("digits", batch_size=64, num_workers=0)
     x, y = next(iter(loader))
     assert x.shape == (64, 1, 8, 8) and len(loader) == 23
+
+
+def test_a_path_to_an_image_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((8, 8, 3), 20 * i, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    pipeline = Pipeline([{"type": "RandomHorizontalFlip", "params": {}}])
+    loader = DistributedDataset(str(tmp_path), batch_size=4, num_workers=2, collate_fn=pipeline)
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, 64, 64) and len(loader) == 3

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 from torch.utils.data import Dataset, default_collate
 
-from deepseek.data.datasets import build_dataset
+from deepseek.data.datasets import DatasetSplits, build_dataset
 from deepseek.data.loader import ResumableDataLoader
 from deepseek.data.transforms import Pipeline
 
@@ -62,6 +63,27 @@ class SeededCollate:
         return self.collate(out)
 
 
+def dataset_from_path(path: Path) -> DatasetSplits:
+    """The generic loader for what ``path`` holds: ``<class>/`` folders of images or WAVs, a ``.jsonl``
+    file (``text``/``label``), or a ``.csv``/``.parquet`` table with a ``label`` column; all data in ``train``."""
+    from deepseek.data.folders import IMAGE_SUFFIXES, image_folder, jsonl_text, table, wav_folder
+
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix == ".jsonl":
+        return jsonl_text(str(path), val_fraction=0.0)
+    if path.is_file() and suffix in (".csv", ".parquet", ".pq"):
+        return table(str(path), target="label", val_fraction=0.0)
+    if path.is_dir():
+        kinds = {f.suffix.lower() for f in path.glob("*/*") if f.is_file()}
+        if kinds & IMAGE_SUFFIXES:
+            return image_folder(str(path), val_fraction=0.0)
+        if ".wav" in kinds:
+            return wav_folder(str(path), val_fraction=0.0)
+    raise ValueError(
+        f"'{path}': expected <class>/ folders of images or .wav files, a .jsonl file, or a .csv/.parquet table"
+    )
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -72,8 +94,8 @@ class DistributedDataset(ResumableDataLoader):
     """Shards ``path_or_dataset`` across ranks (each sample once per epoch over all ranks, padded to
     equal shard sizes), shuffles per epoch from ``seed``, and resumes mid-epoch via ``load_state_dict``.
 
-    ``path_or_dataset``: a ``torch`` Dataset or a registered dataset name (its ``split``, ``train`` or
-    ``val``). ``collate_fn``: a :class:`Pipeline` (applied per sample, seeded; then ``default_collate``)
+    ``path_or_dataset``: a ``torch`` Dataset, a path (see :func:`dataset_from_path`), or a registered
+    dataset name (its ``split``, ``train`` or ``val``). ``collate_fn``: a :class:`Pipeline` (applied per sample, seeded; then ``default_collate``)
     or any collate function. ``num_workers`` defaults to ``min(8, cpu count)``.
     """
 
@@ -115,9 +137,12 @@ class DistributedDataset(ResumableDataLoader):
         self.world = (rank, world_size)
 
     @staticmethod
-    def _resolve(source: Dataset | str, split: str) -> Dataset:
+    def _resolve(source: Dataset | str | Path, split: str) -> Dataset:
         if isinstance(source, Dataset):
             return source
+        if isinstance(source, (str, Path)) and Path(source).exists():
+            splits = dataset_from_path(Path(source))
+            return splits.train if split == "train" else splits.val
         if isinstance(source, str):
             splits = build_dataset(source)
             chosen = getattr(splits, split, None)
