@@ -11,8 +11,9 @@ from typing import Any
 
 import torch.nn as _torch_nn
 
-# ds's own layers are added here by later stages (MoE, LoRA, sparse attention).
-__all__: list[str] = []
+from deepseek.nn.moe import Dispatch, FeedForward, MoE, aux_loss  # noqa: E402
+
+__all__: list[str] = ["Dispatch", "FeedForward", "MoE", "aux_loss"]
 
 
 def __getattr__(name: str) -> Any:

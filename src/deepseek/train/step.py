@@ -51,6 +51,8 @@ class OptimizerStep:
         self.policy, self.dist, self.device = policy, dist, device
         self.grad_clip_norm, self.scheduler, self.ema = grad_clip_norm, scheduler, ema
         self._autocast, self._on_cpu, self._fp32 = policy.autocast, device.type == "cpu", policy.dtype is None
+        # Modules that publish an auxiliary loss (ds.nn.MoE's load balancing) have it added to the loss.
+        self._aux = [m for m in model.modules() if hasattr(m, "aux_loss")]
         self.grad_norm: torch.Tensor | None = None
 
     def __call__(self, window: list[Any]) -> tuple[float | torch.Tensor, int]:
@@ -61,7 +63,7 @@ class OptimizerStep:
         scaler = self.policy.scaler
         if len(window) == 1 and not self.dist.enabled:  # the common case, kept lean
             batch = window[0] if self._on_cpu else move_to(window[0], self.device)
-            default = self.step_fn is None and type(batch) in (tuple, list) and len(batch) == 2
+            default = self.step_fn is None and type(batch) in (tuple, list) and len(batch) == 2 and not self._aux
             if default and self._fp32:  # even a null context costs ~4 us a step here
                 loss = self.loss_fn(self.train_model(batch[0]), batch[1])
             else:
@@ -119,6 +121,11 @@ class OptimizerStep:
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         if self.step_fn is not None:
             out = self.step_fn(model, batch)
-            return out[0] if isinstance(out, tuple) else out
-        inputs, targets = split_batch(batch)
-        return self.loss_fn(model(inputs), targets)
+            loss = out[0] if isinstance(out, tuple) else out
+        else:
+            inputs, targets = split_batch(batch)
+            loss = self.loss_fn(model(inputs), targets)
+        for m in self._aux:
+            if isinstance(m.aux_loss, torch.Tensor):
+                loss = loss + m.aux_loss
+        return loss

@@ -1,0 +1,129 @@
+"""Mixture of experts with sparse top-k dispatch (Switch Transformer / GShard routing).
+
+Unlike the reference document's sketch, which runs every expert on every token and takes top-k over
+expert outputs, each token here is routed by the softmax of the router's logits to its top-k experts
+and only those experts run on it. Each expert takes at most ``capacity = ceil(capacity_factor *
+tokens * top_k / num_experts)`` tokens; assignments past it are dropped (first choices are served
+before second choices) and counted. After every forward, ``aux_loss`` holds the Switch load-balancing
+loss ``aux_loss_weight * E * sum_e f_e * P_e`` (``f_e``: share of tokens whose first choice is
+``e``; ``P_e``: mean router probability of ``e``); ds.Trainer adds the ``aux_loss`` of every module
+that has one to the training loss.
+
+Routing (:meth:`MoE.route`) is separate from running the experts (:meth:`MoE.run_experts`): expert
+parallelism can replace the latter with an all-to-all exchange without touching the router.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class FeedForward(nn.Module):
+    """``Linear(d_model, d_hidden) -> GELU -> Linear(d_hidden, d_model)``: the default expert."""
+
+    def __init__(self, d_model: int, d_hidden: int) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(d_model, d_hidden), nn.Linear(d_hidden, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+@dataclass
+class Dispatch:
+    """Kept assignments of tokens to experts: parallel ``(A,)`` tensors, plus routing statistics."""
+
+    expert: torch.Tensor  # expert index of each kept assignment
+    token: torch.Tensor  # token index (into the flattened tokens) of each kept assignment
+    gate: torch.Tensor  # combine weight of each kept assignment
+    dropped: int  # assignments dropped for capacity
+    capacity: int
+    tokens_per_expert: torch.Tensor  # (E,) kept assignments per expert
+
+
+class MoE(nn.Module):
+    """``(..., d_model) -> (..., d_model)``. ``expert`` builds one expert (default: a GELU feed-forward of
+    width ``d_hidden``, ``4 * d_model`` if unset). Dropped assignments contribute zero (a surrounding
+    residual connection carries the token through)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        top_k: int = 2,
+        capacity_factor: float = 1.25,
+        expert: Callable[[], nn.Module] | None = None,
+        d_hidden: int | None = None,
+        aux_loss_weight: float = 0.01,
+        normalize_gates: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        self.d_model, self.num_experts, self.top_k = d_model, num_experts, top_k
+        self.capacity_factor, self.aux_loss_weight, self.normalize_gates = (
+            capacity_factor,
+            aux_loss_weight,
+            normalize_gates,
+        )
+        self.router = nn.Linear(d_model, num_experts, bias=False)
+        make = expert or (lambda: FeedForward(d_model, d_hidden or 4 * d_model))
+        self.experts = nn.ModuleList([make() for _ in range(num_experts)])
+        self.aux_loss: torch.Tensor | None = None
+        self.last_dispatch: Dispatch | None = None
+
+    def capacity(self, tokens: int) -> int:
+        return max(1, math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts))
+
+    def route(self, tokens: torch.Tensor) -> tuple[Dispatch, torch.Tensor]:
+        """Top-k routing of ``(T, d_model)`` tokens; returns the dispatch and the router probabilities ``(T, E)``."""
+        probs = F.softmax(self.router(tokens).float(), dim=-1)
+        gate, expert = probs.topk(self.top_k, dim=-1)  # (T, k)
+        if self.normalize_gates:
+            gate = gate / gate.sum(-1, keepdim=True)
+        t = tokens.shape[0]
+        flat_expert = expert.t().reshape(-1)  # slot-major: every token's first choice before any second choice
+        flat_token = torch.arange(t, device=tokens.device).repeat(self.top_k)
+        flat_gate = gate.t().reshape(-1)
+        one_hot = F.one_hot(flat_expert, self.num_experts)
+        position = (one_hot.cumsum(0) - 1).gather(1, flat_expert[:, None]).squeeze(1)
+        cap = self.capacity(t)
+        keep = position < cap
+        dispatch = Dispatch(
+            expert=flat_expert[keep], token=flat_token[keep], gate=flat_gate[keep].to(tokens.dtype),
+            dropped=int((~keep).sum()), capacity=cap, tokens_per_expert=one_hot[keep].sum(0),
+        )  # fmt: skip
+        return dispatch, probs
+
+    def run_experts(self, tokens: torch.Tensor, dispatch: Dispatch) -> torch.Tensor:
+        """Each expert on its assigned tokens only; outputs weighted by the gates and summed per token."""
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            mine = dispatch.expert == e
+            if bool(mine.any()):
+                tok = dispatch.token[mine]
+                out.index_add_(0, tok, expert(tokens[tok]) * dispatch.gate[mine, None])
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, self.d_model)
+        dispatch, probs = self.route(tokens)
+        first_choice = F.one_hot(probs.argmax(-1), self.num_experts).float().mean(0)
+        self.aux_loss = self.aux_loss_weight * self.num_experts * (first_choice * probs.mean(0)).sum()
+        self.last_dispatch = dispatch
+        return self.run_experts(tokens, dispatch).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, num_experts={self.num_experts}, top_k={self.top_k}, capacity_factor={self.capacity_factor}"
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """Sum of the ``aux_loss`` tensors the model's modules set in their last forward (None if none did)."""
+    losses = [m.aux_loss for m in model.modules() if isinstance(getattr(m, "aux_loss", None), torch.Tensor)]
+    return torch.stack([loss.float() for loss in losses]).sum() if losses else None
