@@ -18,6 +18,7 @@ from deepseek import (  # noqa: F401
     models,
     nn,
     optim,
+    peft,
     registry,
     train,  # noqa: F401  (after its dependencies: registers callbacks, metrics, losses)
 )
@@ -41,6 +42,7 @@ __all__ = [
     "models",
     "nn",
     "optim",
+    "peft",
     "register_model",
     "registry",
     "seed_everything",

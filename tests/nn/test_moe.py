@@ -84,7 +84,9 @@ def test_trainer_adds_the_aux_loss():
             seen.append(model[0].router.weight.grad.clone())
             return super().step(closure)
 
-    ds.Trainer(model, Spy(model.parameters(), lr=0.0), max_steps=1, progress="off", tensorboard=False, metrics=()).fit([(x, y)])
+    ds.Trainer(model, Spy(model.parameters(), lr=0.0), max_steps=1, progress="off", tensorboard=False, metrics=()).fit(
+        [(x, y)]
+    )
     model.zero_grad()
     (F.cross_entropy(model(x), y) + model[0].aux_loss).backward()
     torch.testing.assert_close(seen[0], model[0].router.weight.grad)
