@@ -114,8 +114,21 @@ def cmd_list(args: argparse.Namespace) -> int:
             alias_text = f" (also: {', '.join(aliases)})" if aliases else ""
             modality = registry.info(name).get("modality")
             tag = f"[{modality}] " if modality else ""
+            if kind == "models":
+                tag = f"{_count(name):>8}  "
             print(f"  {registry.display_name(name):<{width}}  {tag}{registry.summary(name)}{alias_text}")
     return 0
+
+
+def _count(model: str) -> str:
+    """``25.6M``-style parameter count of a registered model with its template's values."""
+    from deepseek.models import parameter_count
+
+    try:
+        n = parameter_count(model)
+    except Exception:  # a builder that cannot run on the meta device: show no count
+        return "?"
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

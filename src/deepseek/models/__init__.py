@@ -1,22 +1,46 @@
-"""Built-in model builders, registered by name (``ds.models.build('simple_cnn', num_classes=10)``)."""
+"""Built-in models: registered builders, each with a YAML template shipped in ``models/templates/``.
+
+``ds.models.build('resnet50', num_classes=10)`` starts from the template's values and applies the
+overrides; a config's ``model: {name: resnet50, num_classes: 10}`` does the same through the registry.
+"""
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
+import torch
 import torch.nn as nn
+import yaml
 
-from deepseek.models import basic  # noqa: F401  (registers the builders)
+from deepseek.models import basic, language, sequence, vision  # noqa: F401  (register the builders)
 from deepseek.registry import models as registry
 
 
-def build(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model (names are case-insensitive) or one named by import path."""
-    return registry.build(name, **kwargs)
+def template(name: str) -> dict[str, Any]:
+    """The shipped template of a registered model: ``{"model": {...}, "example": {...}}`` (empty if none)."""
+    key = registry.canonical(name)
+    path = resources.files("deepseek") / "models" / "templates" / f"{key}.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def build(name: str, **overrides: Any) -> nn.Module:
+    """Build a registered model (case-insensitive) from its template with ``overrides``, or one named by import path."""
+    if name not in registry:
+        return registry.build(name, **overrides)
+    kwargs = {k: v for k, v in template(name).get("model", {}).items() if k != "name"}
+    return registry.build(name, **{**kwargs, **overrides})
+
+
+def parameter_count(name: str, **overrides: Any) -> int:
+    """Parameters of a model built on the meta device (no memory is allocated); tied weights count once."""
+    with torch.device("meta"):
+        model = build(name, **overrides)
+    return sum(p.numel() for p in model.parameters())
 
 
 def list_models() -> list[str]:
     return registry.names()
 
 
-__all__ = ["build", "list_models", "registry"]
+__all__ = ["build", "list_models", "parameter_count", "registry", "template"]

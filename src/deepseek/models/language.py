@@ -1,0 +1,208 @@
+"""Language models: GPT-2 (Radford et al. 2019) with a KV cache, and BERT-base (Devlin et al. 2019).
+
+GPT-2: token ids ``(N, L)`` -> logits ``(N, L, vocab)``; ``generate`` and ``stream`` decode with the
+KV cache (greedy at ``temperature=0``). BERT: ids ``(N, L)`` (or a dict with ``input_ids`` and
+``attention_mask`` as :class:`~deepseek.data.transforms.Tokenize` makes) -> ``(N, num_classes)`` for
+the classification head or ``(N, L, vocab)`` for the masked-LM head. Counts at the published sizes:
+gpt2 124,439,808; bert_base encoder 109,482,240 (+ head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from deepseek.models.vision import GradientCheckpointing
+from deepseek.registry import register_model
+
+Cache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        n, length, dim = x.shape
+        q, k, v = (t.view(n, length, self.heads, -1).transpose(1, 2) for t in self.qkv(x).split(dim, dim=2))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if past is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif length == 1:
+            out = F.scaled_dot_product_attention(q, k, v)  # one new token sees everything before it
+        else:
+            offset = k.shape[2] - length
+            mask = torch.ones(length, k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(n, length, dim)), (k, v)
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        a, present = self.attn(self.ln1(x), past)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), present
+
+
+class GPT2(GradientCheckpointing, nn.Module):
+    """Decoder-only LM with learned positions and an output head tied to the token embedding."""
+
+    def __init__(
+        self, vocab_size: int = 50257, max_positions: int = 1024, dim: int = 768, depth: int = 12, heads: int = 12
+    ) -> None:
+        super().__init__()
+        self.max_positions = max_positions
+        self.tok, self.pos = nn.Embedding(vocab_size, dim), nn.Embedding(max_positions, dim)
+        self.blocks = nn.ModuleList([GPT2Block(dim, heads) for _ in range(depth)])
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, ids: torch.Tensor, past: Cache | None = None, use_cache: bool = False) -> Any:
+        start = past[0][0].shape[2] if past else 0
+        if start + ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequence of {start + ids.shape[1]} tokens exceeds max_positions={self.max_positions}")
+        x = self.tok(ids) + self.pos(torch.arange(start, start + ids.shape[1], device=ids.device))
+        if not use_cache and past is None:
+            return self.head(self.ln_f(self.run_blocks_pairs(x)))
+        presents: Cache = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, past[i] if past else None)
+            presents.append(present)
+        return self.head(self.ln_f(x)), presents
+
+    def run_blocks_pairs(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(lambda t, b=block: b(t)[0], x, use_reentrant=False)
+            else:
+                x = block(x)[0]
+        return x
+
+    @torch.no_grad()
+    def stream(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+               use_cache: bool = True, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:  # fmt: skip
+        """Yield the next token ids ``(N,)`` one at a time (greedy when ``temperature == 0``)."""
+        past: Cache | None = None
+        context = ids
+        for _ in range(max_new_tokens):
+            if use_cache:
+                logits, past = self(context if past is None else context[:, -1:], past, use_cache=True)
+            else:
+                logits = self(context)
+            nxt = _pick(logits[:, -1], temperature, top_k, generator)
+            context = torch.cat([context, nxt[:, None]], dim=1)
+            yield nxt
+
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
+        """``(N, L) -> (N, L + max_new_tokens)``."""
+        new = list(self.stream(ids, max_new_tokens, **kwargs))
+        return torch.cat([ids, torch.stack(new, dim=1)], dim=1) if new else ids
+
+
+def _pick(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits.float(), -1).cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+class BertLayer(nn.Module):
+    """Post-norm encoder layer: ``LN(x + MHA(x))`` then ``LN(x + FFN(x))``."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ln1, self.ln2 = nn.LayerNorm(dim, eps=1e-12), nn.LayerNorm(dim, eps=1e-12)
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.ln1(x + self.drop(self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]))
+        return self.ln2(x + self.drop(self.ffn(x)))
+
+
+class Bert(GradientCheckpointing, nn.Module):
+    """BERT encoder (word + position + segment embeddings, ``depth`` layers, tanh pooler) with a head."""
+
+    def __init__(self, vocab_size: int = 30522, dim: int = 768, depth: int = 12, heads: int = 12, hidden: int = 3072,
+                 max_positions: int = 512, head: Literal["classification", "mlm", "none"] = "classification",
+                 num_classes: int = 2, dropout: float = 0.1) -> None:  # fmt: skip
+        super().__init__()
+        self.word, self.position, self.segment = (
+            nn.Embedding(vocab_size, dim),
+            nn.Embedding(max_positions, dim),
+            nn.Embedding(2, dim),
+        )
+        self.emb_norm, self.drop = nn.LayerNorm(dim, eps=1e-12), nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([BertLayer(dim, heads, hidden, dropout) for _ in range(depth)])
+        self.pooler = nn.Linear(dim, dim)
+        self.head_kind = head
+        if head == "classification":
+            self.classifier = nn.Linear(dim, num_classes)
+        elif head == "mlm":
+            self.mlm_transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=1e-12))
+            self.mlm_decoder = nn.Linear(dim, vocab_size)
+            self.mlm_decoder.weight = self.word.weight
+
+    def encode(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(N, L) -> (N, L, dim)`` hidden states; ``mask`` is 1 for real tokens."""
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = (
+            self.word(ids)
+            + self.position(pos)
+            + self.segment(segments if segments is not None else torch.zeros_like(ids))
+        )
+        x = self.drop(self.emb_norm(x))
+        pad = (mask == 0) if mask is not None else None
+        for block in self.blocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, pad, use_reentrant=False)
+            else:
+                x = block(x, pad)
+        return x
+
+    def forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask, seg = (
+            (inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids"))
+            if isinstance(inputs, dict)
+            else (inputs, None, None)
+        )
+        hidden = self.encode(ids, mask, seg)
+        if self.head_kind == "mlm":
+            return self.mlm_decoder(self.mlm_transform(hidden))
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))
+        return self.classifier(self.drop(pooled)) if self.head_kind == "classification" else pooled
+
+
+@register_model("gpt2")
+def gpt2(vocab_size: int = 50257, max_positions: int = 1024, dim: int = 768, depth: int = 12, heads: int = 12) -> GPT2:
+    """GPT-2 small decoder LM with KV cache, generate() and stream() (124M parameters)."""
+    return GPT2(vocab_size, max_positions, dim, depth, heads)
+
+
+@register_model("bert_base")
+def bert_base(head: Literal["classification", "mlm", "none"] = "classification", num_classes: int = 2, vocab_size: int = 30522,
+              dim: int = 768, depth: int = 12, heads: int = 12, dropout: float = 0.1) -> Bert:  # fmt: skip
+    """BERT-base encoder with a classification or masked-LM head (110M parameters)."""
+    return Bert(vocab_size, dim, depth, heads, 4 * dim, 512, head, num_classes, dropout)
