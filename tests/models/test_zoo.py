@@ -12,11 +12,30 @@ import deepseek as ds
 MODELS = ds.models.list_models()
 
 
-def example_input(example: dict) -> torch.Tensor:
+def tensor(shape: list[int], dtype: str | None, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 30, shape, generator=g) if dtype == "long" else torch.rand(shape, generator=g)
+
+
+def example_input(example: dict):
+    """The example's input: one tensor, a tuple of tensors (``inputs``) or a graph batch (``graph``)."""
     g = torch.Generator().manual_seed(0)
-    if example.get("dtype") == "long":
-        return torch.randint(0, 100, example["input"], generator=g)
-    return torch.rand(example["input"], generator=g)
+    if "graph" in example:
+        from deepseek.data.graph import Graph, collate_graphs
+
+        spec = example["graph"]
+        graphs = [
+            Graph(torch.randn(n, spec["features"], generator=g), torch.stack([torch.arange(n - 1), torch.arange(1, n)]))
+            for n in spec["nodes"]
+        ]
+        return collate_graphs(graphs)
+    if "inputs" in example:
+        dtypes = (
+            example["dtype"]
+            if isinstance(example.get("dtype"), list)
+            else [example.get("dtype")] * len(example["inputs"])
+        )
+        return tuple(tensor(shape, dt, g) for shape, dt in zip(example["inputs"], dtypes))
+    return tensor(example["input"], example.get("dtype"), g)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -47,6 +66,19 @@ def test_every_model_builds_from_its_template_and_trains(name):
 )
 def test_published_parameter_counts(name, published):
     assert abs(ds.models.parameter_count(name) / published - 1) < 0.01
+
+
+def test_at_least_23_architectures():
+    assert len(MODELS) >= 23
+
+
+def test_document_003_conformer_template_as_written():
+    cfg = ds.load_config(None, data={"data": {"name": "digits"}, "model": {
+        "name": "Conformer", "encoder": {"num_layers": 12, "d_model": 512, "attention_heads": 8},
+        "decoder": {"vocab_size": 5000, "embedding_dim": 512}}})  # fmt: skip
+    with torch.device("meta"):
+        model = ds.models.build(cfg.model.name, **cfg.model.kwargs)
+    assert len(model.blocks) == 12 and model.decoder[-1].out_features == 5001
 
 
 def test_names_are_case_insensitive_and_overrides_apply():

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, get_type_hints
 
-from pydantic import ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from deepseek.registry import Registry, RegistryError
 
@@ -22,9 +22,11 @@ SUPPLIED_BY_FRAMEWORK = {"self", "params", "optimizer", "total_steps"}
 class ComponentError(ValueError):
     """One problem with one key of a component; ``path`` is relative to the component."""
 
-    def __init__(self, path: tuple[Any, ...], message: str, value: Any = None, kind: str = "") -> None:
+    def __init__(
+        self, path: tuple[Any, ...], message: str, value: Any = None, kind: str = "", allowed: list[str] | None = None
+    ) -> None:
         super().__init__(message)
-        self.path, self.message, self.value, self.kind = path, message, value, kind
+        self.path, self.message, self.value, self.kind, self.allowed = path, message, value, kind, allowed or []
 
 
 def builder_fields(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
@@ -69,7 +71,9 @@ def validate_kwargs(registry: Registry, name: str, kwargs: dict[str, Any]) -> di
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
-            errors.append(ComponentError(tuple(err["loc"]), err["msg"], err.get("input"), err["type"]))
+            loc = tuple(err["loc"])
+            nested = allowed_keys(model, loc[:-1]) if len(loc) > 1 else []  # keys of a nested section
+            errors.append(ComponentError(loc, err["msg"], err.get("input"), err["type"], nested))
         raise ComponentErrors(errors, allowed=sorted(fields)) from None
     # Only what the user set: builder defaults stay the builder's.
     return {k: getattr(validated, k) for k in kwargs if k in fields} | {
@@ -81,3 +85,29 @@ class ComponentErrors(ValueError):
     def __init__(self, errors: list[ComponentError], allowed: list[str] | None = None) -> None:
         super().__init__("; ".join(e.message for e in errors))
         self.errors, self.allowed = errors, allowed or []
+
+
+def allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (walking nested pydantic models)."""
+    model: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside ``Optional[X]`` / ``list[X]`` / ``X``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from deepseek import registry as reg
-from deepseek.config.components import ComponentErrors, validate_kwargs
+from deepseek.config.components import ComponentErrors, allowed_keys, validate_kwargs
 from deepseek.config.schema import Component, Config, DataSection
 
 
@@ -179,7 +179,7 @@ def check_components(raw: dict[str, Any], source: str) -> tuple[list[str], dict[
                 if e.kind == "unknown_name":
                     problems.append(f"{source}: {path}: {e.message}")
                 elif e.kind == "extra_forbidden":
-                    problems.append(f"{source}: {_unknown_key(path, str(e.path[-1]), exc.allowed)}")
+                    problems.append(f"{source}: {_unknown_key(path, str(e.path[-1]), e.allowed or exc.allowed)}")
                 else:
                     problems.append(f"{source}: {path}: {e.message} (got {e.value!r})")
     problems += _check_transforms(raw, source)
@@ -208,7 +208,7 @@ def _format(source: str, err: dict[str, Any], root: type[BaseModel]) -> str:
     path = _dotted(loc)
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"{source}: {_unknown_key(path, str(loc[-1]), _allowed_keys(root, loc[:-1]))}"
+        return f"{source}: {_unknown_key(path, str(loc[-1]), allowed_keys(root, loc[:-1]))}"
     if kind == "missing":
         return f"{source}: {path}: required key is missing"
     if not loc:  # a model-level check (e.g. "set train.max_epochs or train.max_steps")
@@ -224,32 +224,6 @@ def _unknown_key(path: str, key: str, allowed: list[str]) -> str:
     hint = f"; did you mean '{close[0]}'?" if close else ""
     listed = ", ".join(allowed) if allowed else "none"
     return f"{path}: unknown key '{key}'{hint} allowed keys: {listed}"
-
-
-def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the section at ``loc`` (walking nested pydantic models)."""
-    model: Any = root
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return []
-        model = _model_in(field.annotation)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return sorted(model.model_fields)
-    return []
-
-
-def _model_in(annotation: Any) -> Any:
-    """The BaseModel inside ``Optional[X]`` / ``list[X]`` / ``X``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
