@@ -28,6 +28,9 @@ def example_input(example: dict):
             for n in spec["nodes"]
         ]
         return collate_graphs(graphs)
+    if "tokens" in example:  # a Tokenize + TruncatePad batch
+        ids = torch.randint(1000, 2000, example["tokens"], generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if "inputs" in example:
         dtypes = (
             example["dtype"]
@@ -128,3 +131,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(name, kwargs, x):
     model.gradient_checkpointing_disable()
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_pretrained_minilm_loads_offline_and_lora_trains_a_fraction():
+    pytest.importorskip("transformers")
+    model = ds.models.build("minilm", num_classes=10, lora_rank=8)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert abs((total - trainable) / 22.7e6 - 1) < 0.01  # the frozen pretrained encoder
+    assert trainable == 8 * (384 + 384) * 2 * 6 + 384 * 10 + 10  # LoRA on q, v in 6 layers, plus the head
+    emb = model.embed(tokenized(["a question about money", "what is a computer program"]))
+    assert emb.shape == (2, 384)
+
+
+def tokenized(texts: list[str]) -> dict[str, torch.Tensor]:
+    from deepseek.data import Pipeline
+
+    tok = Pipeline(["Tokenize", {"type": "TruncatePad", "params": {"max_length": 16}}])
+    return torch.utils.data.default_collate([tok(t) for t in texts])

@@ -187,19 +187,18 @@ def check_components(raw: dict[str, Any], source: str) -> tuple[list[str], dict[
 
 
 def _check_transforms(raw: dict[str, Any], source: str) -> list[str]:
-    """Build each ``data.transforms`` step once, so a bad one is a config error with its path."""
+    """Build each ``data.preprocess`` / ``data.transforms`` step once: a bad one is a config error with its path."""
     from deepseek.data.transforms import TransformError, build_transform  # data imports config: import late
 
     data = raw.get("data")
-    specs = data.get("transforms") if isinstance(data, dict) else None
-    if not isinstance(specs, list):
-        return []
     problems = []
-    for i, spec in enumerate(specs):
-        try:
-            build_transform(spec)
-        except TransformError as exc:
-            problems.append(f"{source}: data.transforms[{i}]: {exc}")
+    for key in ("preprocess", "transforms"):
+        specs = data.get(key) if isinstance(data, dict) else None
+        for i, spec in enumerate(specs if isinstance(specs, list) else []):
+            try:
+                build_transform(spec)
+            except TransformError as exc:
+                problems.append(f"{source}: data.{key}[{i}]: {exc}")
     return problems
 
 

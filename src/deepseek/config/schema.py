@@ -45,7 +45,8 @@ class DataSection(Component):
     num_workers: NonNegativeInt = 0
     shuffle: bool = True
     drop_last: bool = False
-    transforms: list[Any] = []  # training augmentations: names or {type: Name, params: {...}}
+    preprocess: list[Any] = []  # run on every split's inputs (e.g. Tokenize, TruncatePad)
+    transforms: list[Any] = []  # training augmentations after preprocess: names or {type: Name, params: {...}}
 
 
 class EarlyStoppingSection(Strict):

