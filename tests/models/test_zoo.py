@@ -113,6 +113,33 @@ def test_gpt2_kv_cache_generation_equals_uncached_greedy():
             {"dim": 32, "depth": 2, "heads": 4, "vocab_size": 50, "dropout": 0.0},
             lambda: torch.randint(0, 50, (2, 8)),
         ),
+        (
+            "moe_transformer",
+            {"vocab_size": 50, "dim": 32, "depth": 2, "heads": 4, "num_experts": 4},
+            lambda: torch.randint(0, 50, (2, 8)),
+        ),
+        (
+            "transformer",
+            {
+                "src_vocab": 40,
+                "tgt_vocab": 40,
+                "d_model": 32,
+                "heads": 4,
+                "encoder_layers": 2,
+                "decoder_layers": 2,
+                "ff": 64,
+                "dropout": 0.0,
+            },
+            lambda: (torch.randint(0, 40, (2, 7)), torch.randint(0, 40, (2, 5))),
+        ),
+        (
+            "conformer",
+            {
+                "encoder": {"num_layers": 2, "d_model": 32, "attention_heads": 4, "dropout": 0.0},
+                "decoder": {"vocab_size": 20, "embedding_dim": 32},
+            },
+            lambda: torch.randn(2, 40, 80),
+        ),
     ],
 )
 def test_gradient_checkpointing_gives_the_same_gradients(name, kwargs, x):

@@ -55,6 +55,19 @@ class MiniLMClassifier(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.dropout(self.embed(inputs)))
 
+    def gradient_checkpointing_enable(self) -> None:
+        # transformers renamed this to activation_checkpointing_* (the old name warns); use what exists
+        if hasattr(self.encoder, "activation_checkpointing_enable"):
+            self.encoder.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def gradient_checkpointing_disable(self) -> None:
+        if hasattr(self.encoder, "activation_checkpointing_disable"):
+            self.encoder.activation_checkpointing_disable()
+        else:
+            self.encoder.gradient_checkpointing_disable()
+
 
 @register_model("minilm")
 def minilm(num_classes: int = 2, freeze_encoder: bool = False, lora_rank: int = 0, lora_alpha: float = 16.0,

@@ -114,7 +114,7 @@ class Conformer(GradientCheckpointing, nn.Module):
         return F.log_softmax(self.decoder(self.run_blocks(x)), dim=-1)
 
 
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(GradientCheckpointing, nn.Module):
     """``(source ids (N, S), target-input ids (N, T))`` -> logits ``(N, T, tgt_vocab)`` (causal decoder)."""
 
     def __init__(self, src_vocab: int = 8000, tgt_vocab: int = 8000, d_model: int = 512, heads: int = 8, encoder_layers: int = 6,

@@ -11,9 +11,30 @@ from typing import Any
 
 import torch.nn as _torch_nn
 
-from deepseek.nn.moe import Dispatch, FeedForward, MoE, aux_loss  # noqa: E402
+from deepseek.nn.attention import (
+    ChunkedStreamingAttention,
+    SparseSelfAttention,
+    block_sparse_attention,
+    local_global_layout,
+    sliding_window_attention,
+)
+from deepseek.nn.fusion import CrossAttentionFusion, DynamicConvAttention, MixtureOfDepths
+from deepseek.nn.moe import Dispatch, FeedForward, MoE, aux_loss
 
-__all__: list[str] = ["Dispatch", "FeedForward", "MoE", "aux_loss"]
+__all__: list[str] = [
+    "ChunkedStreamingAttention",
+    "CrossAttentionFusion",
+    "Dispatch",
+    "DynamicConvAttention",
+    "FeedForward",
+    "MixtureOfDepths",
+    "MoE",
+    "SparseSelfAttention",
+    "aux_loss",
+    "block_sparse_attention",
+    "local_global_layout",
+    "sliding_window_attention",
+]
 
 
 def __getattr__(name: str) -> Any:
