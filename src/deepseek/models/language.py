@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deepseek.models.vision import GradientCheckpointing
+from deepseek.models.blocks import GradientCheckpointing
 from deepseek.registry import register_model
 
 Cache = list[tuple[torch.Tensor, torch.Tensor]]

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deepseek.models.vision import EncoderBlock, GradientCheckpointing
+from deepseek.models.blocks import EncoderBlock, GradientCheckpointing
 from deepseek.nn.moe import MoE
 from deepseek.registry import register_model
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from deepseek.models.vision import GradientCheckpointing
+from deepseek.models.blocks import GradientCheckpointing
 from deepseek.registry import register_model
 
 
