@@ -13,6 +13,7 @@ from typing import Any
 import torch as _torch
 
 from deepseek import (  # noqa: F401
+    amp,
     config,
     data,
     models,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 Module = _torch.nn.Module
 
 __all__ = [
+    "amp",
     "Config",
     "ConfigError",
     "Module",

@@ -63,6 +63,7 @@ class TrainSection(Strict):
     accumulate_grad_batches: PositiveInt = 1
     grad_clip_norm: Optional[PositiveFloat] = None
     ema_decay: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
+    gradient_checkpointing: bool = False  # for models with gradient_checkpointing_enable()
     val_every_steps: Optional[PositiveInt] = None
     val_every_epochs: Optional[PositiveInt] = 1
     early_stopping: Optional[EarlyStoppingSection] = None

@@ -18,6 +18,7 @@ from deepseek.nn.attention import (
     local_global_layout,
     sliding_window_attention,
 )
+from deepseek.nn.checkpointing import checkpoint_modules
 from deepseek.nn.fusion import CrossAttentionFusion, DynamicConvAttention, MixtureOfDepths
 from deepseek.nn.moe import Dispatch, FeedForward, MoE, aux_loss
 
@@ -32,6 +33,7 @@ __all__: list[str] = [
     "SparseSelfAttention",
     "aux_loss",
     "block_sparse_attention",
+    "checkpoint_modules",
     "local_global_layout",
     "sliding_window_attention",
 ]

@@ -63,6 +63,11 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str |
     device = resolve_device(t.device)
     dist = init_distributed(device)
     model = build_model(cfg)
+    if t.gradient_checkpointing:
+        if not callable(getattr(model, "gradient_checkpointing_enable", None)):
+            raise ConfigError([f"train.gradient_checkpointing: model '{cfg.model.name}' has no gradient_checkpointing_enable(); "
+                               "wrap its blocks with ds.nn.checkpoint_modules in Python instead"])  # fmt: skip
+        model.gradient_checkpointing_enable()
     train_loader, val_loader = build_loaders(cfg, dist)
     optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
     scheduler = None
