@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    except (UsageError, RegistryError, CheckpointError, FileNotFoundError) as exc:
+    except (UsageError, RegistryError, CheckpointError, FileNotFoundError, ModuleNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
