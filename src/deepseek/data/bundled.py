@@ -16,7 +16,7 @@ import torch
 from annotated_types import Ge, Gt, Lt
 from torch.utils.data import Dataset
 
-from deepseek.data.datasets import DatasetSplits, stratified_split
+from deepseek.data.datasets import DatasetSplits, split_indices, stratified_split
 from deepseek.registry import register_dataset
 
 Fraction = Annotated[float, Ge(0), Lt(1)]
@@ -62,14 +62,9 @@ class TextClassification(Dataset):
 def split_texts(
     texts: list[str], labels: list[int], val_fraction: float, seed: int
 ) -> tuple[TextClassification, TextClassification | None]:
-    if val_fraction <= 0:
-        return TextClassification(texts, labels), None
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(texts))
-    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
-    pick = lambda ids: TextClassification([texts[i] for i in sorted(ids)], [labels[i] for i in sorted(ids)])  # noqa: E731
-    return pick(tr), pick(va)
+    train, val = split_indices(labels, val_fraction, seed)
+    pick = lambda ids: TextClassification([texts[i] for i in ids], [labels[i] for i in ids])  # noqa: E731
+    return pick(train), pick(val) if val else None
 
 
 @register_dataset("chatterbot_topics")
@@ -168,19 +163,11 @@ def spoken_digits(
     zero..nine), 16 kHz: ``(waveform (1, 16000 * duration_s), digit)``. Generated once into the cache."""
     version = hashlib.sha1(b"v1-16000").hexdigest()[:8]
     items = synthesize_spoken_digits(Path(cache_dir) if cache_dir else default_cache() / f"spoken_digits-{version}")
-    labels = [d for _, d in items]
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(items))
-    tr, va = (
-        (idx, [])
-        if val_fraction <= 0
-        else train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
-    )
+    tr, va = split_indices([d for _, d in items], val_fraction, seed)
     length = int(16000 * duration_s)
-    val = WaveformClassification([items[i] for i in sorted(va)], length) if len(va) else None
+    val = WaveformClassification([items[i] for i in va], length) if len(va) else None
     return DatasetSplits(
-        WaveformClassification([items[i] for i in sorted(tr)], length),
+        WaveformClassification([items[i] for i in tr], length),
         val,
         10,
         (1, length),

@@ -28,18 +28,24 @@ class DatasetSplits:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def split_indices(labels: Any, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Sorted train and validation indices, stratified by ``labels`` and seeded (no validation at 0)."""
+    if val_fraction <= 0:
+        return list(range(len(labels))), []
+    from sklearn.model_selection import train_test_split
+
+    train, val = train_test_split(np.arange(len(labels)), test_size=val_fraction, random_state=seed, stratify=labels)
+    return sorted(train.tolist()), sorted(val.tolist())
+
+
 def stratified_split(
     x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int
 ) -> tuple[TensorDataset, TensorDataset | None]:
     """Split tensors into train/validation TensorDatasets, stratified by label, seeded."""
-    if val_fraction <= 0:
+    train, val = split_indices(y.numpy(), val_fraction, seed)
+    if not val:
         return TensorDataset(x, y), None
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=y.numpy())
-    train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
-    return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
+    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
 
 
 Fraction = Annotated[float, Ge(0), Lt(1)]

@@ -13,7 +13,7 @@ from annotated_types import Ge, Gt, Lt
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from deepseek.data.bundled import WaveformClassification, split_texts
-from deepseek.data.datasets import DatasetSplits, stratified_split
+from deepseek.data.datasets import DatasetSplits, split_indices, stratified_split
 from deepseek.registry import register_dataset
 
 Fraction = Annotated[float, Ge(0), Lt(1)]
@@ -32,15 +32,6 @@ def class_folders(root: str | Path, suffixes: set[str]) -> tuple[list[tuple[Path
     if not items:
         raise FileNotFoundError(f"no {sorted(suffixes)} files under '{root}/<class>/'")
     return items, classes
-
-
-def split_indices(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    if val_fraction <= 0:
-        return list(range(len(labels))), []
-    from sklearn.model_selection import train_test_split
-
-    tr, va = train_test_split(np.arange(len(labels)), test_size=val_fraction, random_state=seed, stratify=labels)
-    return sorted(tr.tolist()), sorted(va.tolist())
 
 
 class ImageFiles(Dataset):
