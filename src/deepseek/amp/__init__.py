@@ -92,4 +92,6 @@ class GradScaler(torch.amp.GradScaler):
                          backoff_factor=backoff_factor, growth_interval=growth_interval, enabled=enabled)  # fmt: skip
 
 
-__all__ = ["GradScaler", "auto_cast", "default_dtype"]
+from deepseek.amp.progressive import ProgressivePrecision  # noqa: E402  (it uses GradScaler above)
+
+__all__ = ["GradScaler", "ProgressivePrecision", "auto_cast", "default_dtype"]

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed"]
+Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "progressive"]
 
 
 class Strict(BaseModel):

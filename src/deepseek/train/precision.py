@@ -4,6 +4,9 @@
 older GPUs, and fp32 on CPUs. CPU autocast to bf16 was measured 7x-25x slower than fp32 on an AVX2
 CPU without native bf16, and fp16 autocast on CPU is an emulation, so ``auto`` never picks either
 there (ask for them explicitly to try).
+
+``progressive`` is :class:`deepseek.amp.ProgressivePrecision`: fp16 autocast per module, with
+unhealthy modules promoted to fp32 (and demoted again once stable).
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn as nn
 
-PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed")
+from deepseek.amp import ProgressivePrecision
+
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "progressive")
 _DTYPES = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
 
 
@@ -39,8 +45,14 @@ class PrecisionPolicy:
     scaler: torch.amp.GradScaler | None
 
     @classmethod
-    def create(cls, precision: str, device: torch.device) -> PrecisionPolicy:
+    def create(
+        cls, precision: str, device: torch.device, model: nn.Module | None = None
+    ) -> PrecisionPolicy | ProgressivePrecision:
         resolved = resolve_precision(precision, device)
+        if resolved == "progressive":
+            if model is None:
+                raise ValueError("precision='progressive' needs the model")
+            return ProgressivePrecision(model, torch.float16, device.type)
         scaler = torch.amp.GradScaler(device.type) if resolved == "fp16-mixed" else None
         return cls(resolved, device, scaler)
 

@@ -54,6 +54,13 @@ class OptimizerStep:
         # Modules that publish an auxiliary loss (ds.nn.MoE's load balancing) have it added to the loss.
         self._aux = [m for m in model.modules() if hasattr(m, "aux_loss")]
         self.grad_norm: torch.Tensor | None = None
+        # Loss scaling: the precision policy's GradScaler, or an optimizer that scales itself
+        # (deepseek.optim.MixedPrecision); progressive precision observes gradients before the step.
+        scaler = policy.scaler
+        self._scale_loss = scaler.scale if scaler is not None else getattr(optimizer, "scale_loss", None)
+        self._observe = getattr(policy, "observe", None)
+        self.events: list[dict[str, Any]] = []
+        self.skipped_steps = 0
 
     def __call__(self, window: list[Any]) -> tuple[float | torch.Tensor, int]:
         """Forward/backward every micro-batch of ``window``, then one optimizer step.
@@ -74,21 +81,36 @@ class OptimizerStep:
                         else self.loss(self.train_model, batch)
                     )
             local = batch[0].shape[0] if default and isinstance(batch[0], torch.Tensor) else batch_size_of(batch)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            (self._scale_loss(loss) if self._scale_loss is not None else loss).backward()
             logged = loss.item() if self._on_cpu else loss.detach()  # .item() is free on CPU, a sync on GPUs
         else:
             logged, local = self.accumulate(window)
             logged = logged.item() if self._on_cpu else logged
+        if self._observe is not None:
+            self.events = self._observe()
         if self.grad_clip_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+            clip = getattr(self.optimizer, "clip_grad_norm_", None)  # MixedPrecision clips its fp32 masters
+            self.grad_norm = (
+                clip(self.grad_clip_norm)
+                if clip is not None
+                else torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+            )
+        skipped = False
         if scaler is not None:
             scaler.step(self.optimizer)
+            # Read the scaler's own inf check (torch's fused optimizers use this method too); it is
+            # already on the host after step(), so this costs no extra device sync.
+            skipped = any(v.item() for v in scaler._found_inf_per_device(self.optimizer).values())
             scaler.update()
         else:
             self.optimizer.step()
+            skipped = bool(getattr(self.optimizer, "step_was_skipped", False))  # MixedPrecision's own scaling
+        self.skipped_steps += skipped
         self.optimizer.zero_grad(set_to_none=True)
+        if skipped:  # like Accelerate: a skipped step does not advance the schedule or the EMA
+            return logged, local
         if self.scheduler is not None:
             self.scheduler.step()
         if self.ema is not None:
@@ -103,7 +125,7 @@ class OptimizerStep:
         total, world = float(local), self.dist.world_size
         if self.dist.enabled:
             total = all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=self.device), self.dist).item()
-        scaler, last = self.policy.scaler, len(window) - 1
+        last = len(window) - 1
         logged = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
             if not self._on_cpu:
@@ -114,7 +136,7 @@ class OptimizerStep:
                     loss = self.loss(self.train_model, batch)
                 weight = sizes[i] * world / total
                 scaled = loss if weight == 1.0 else loss * weight
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                (self._scale_loss(scaled) if self._scale_loss is not None else scaled).backward()
             logged += loss.detach().float() * (sizes[i] / local)
         return logged, local
 

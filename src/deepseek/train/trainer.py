@@ -122,7 +122,8 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = resolve_device("auto", self.dist.local_rank)
         self.model.to(self.device)
-        self.policy = PrecisionPolicy.create(self.precision_arg, self.device)
+        if getattr(self, "policy", None) is None:  # kept across fit() calls (progressive precision's hooks)
+            self.policy = PrecisionPolicy.create(self.precision_arg, self.device, self.model)
         self._on_cpu = self.device.type == "cpu"
         self.ema = None
         if self.ema_decay is not None:
@@ -259,6 +260,10 @@ class Trainer:
         epoch_val = epoch_end and self.val_every_epochs and (self.epoch + 1) % self.val_every_epochs == 0
         if val_data is not None and ((self.val_every_steps and step % self.val_every_steps == 0) or epoch_val):
             improved = self._validate_and_track(val_data)
+        if self._step.events and self.logger:  # a module promoted to fp32 or demoted: log it now
+            for e in self._step.events:
+                self.logger.message(f"step {step}: {e['action']} {e['module'] or 'model'} to {e['to']}: {e['reason']}")
+            self.logger.log_step(step, self.epoch, self.policy.metrics())
         self.callbacks("on_step_end", self)
         if epoch_end:
             self.callbacks("on_epoch_end", self)
@@ -280,6 +285,9 @@ class Trainer:
             values["grad_norm"] = float(self._step.grad_norm)
         if self.policy.scaler is not None:
             values["loss_scale"] = float(self.policy.scaler.get_scale())
+            values["skipped_steps"] = float(self._step.skipped_steps)
+        if hasattr(self.policy, "metrics"):  # progressive precision: low-precision share, promotions
+            values.update(self.policy.metrics())
         self._losses.clear()
         self._samples_total += self._samples
         self._samples, self._t_log = 0, now
@@ -301,7 +309,10 @@ class Trainer:
     def validate(self, val_data: Iterable[Any]) -> dict[str, float]:
         """``val/loss`` and ``val/<metric>`` over ``val_data`` (EMA weights when EMA is on), over all ranks."""
         model = self.ema.module if getattr(self, "ema", None) is not None else self.model
-        policy = getattr(self, "policy", None) or PrecisionPolicy.create(self.precision_arg, self.device)
+        policy = getattr(self, "policy", None)
+        if policy is None:  # before fit(); progressive precision has promoted nothing yet, so fp32
+            precision = "fp32" if self.precision_arg == "progressive" else self.precision_arg
+            policy = PrecisionPolicy.create(precision, self.device)
         self.last_val_metrics = evaluate(
             model,
             val_data,
@@ -334,6 +345,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.policy.scaler.state_dict() if self.policy.scaler is not None else None,
+            "precision": self.policy.state_dict() if hasattr(self.policy, "state_dict") else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng.rng_state(),
             "callbacks": self.callbacks.state_dict(),
@@ -360,6 +372,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.policy.scaler is not None and state["scaler"] is not None:
             self.policy.scaler.load_state_dict(state["scaler"])
+        if state.get("precision") is not None and hasattr(self.policy, "load_state_dict"):
+            self.policy.load_state_dict(state["precision"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.callbacks.load_state_dict(state["callbacks"])
@@ -405,6 +419,8 @@ class Trainer:
             "wall_s": round(wall, 3),
             "samples_per_s": round(self._samples_total / max(time.monotonic() - self._t_start, 1e-9), 1),
             "precision": self.policy.precision,
+            **({"skipped_steps": self._step.skipped_steps} if self.policy.scaler is not None else {}),
+            **({"fp32_modules": self.policy.promoted} if hasattr(self.policy, "promoted") else {}),
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "best": {"monitor": self.best.monitor, "value": self.best.best, "checkpoint": self.best_checkpoint},

@@ -1,0 +1,124 @@
+"""Progressive mixed precision: the planted overflow-prone layer is promoted, training matches fp32."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+import deepseek as ds
+from deepseek.amp import ProgressivePrecision
+from deepseek.data.datasets import synthetic_classification
+
+
+class Planted(nn.Module):
+    """An MLP whose ``amplify`` layer outputs ~1e5: beyond fp16's 65504, harmless in fp32 (LayerNorm follows)."""
+
+    def __init__(self, gain: float = 3e5) -> None:
+        super().__init__()
+        self.inp, self.amplify, self.norm, self.out = (
+            nn.Linear(32, 128),
+            nn.Linear(128, 128),
+            nn.LayerNorm(128),
+            nn.Linear(128, 4),
+        )
+        with torch.no_grad():
+            self.amplify.weight.mul_(gain)
+            self.amplify.bias.mul_(gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.norm(self.amplify(torch.relu(self.inp(x))))))
+
+
+def _fit(precision: str, run_dir=None) -> dict:
+    splits = synthetic_classification(class_sep=0.5)
+    torch.manual_seed(0)
+    model = Planted()
+    train = DataLoader(splits.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    trainer = ds.Trainer(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-3), precision=precision, max_steps=600, max_epochs=None,
+        scheduler=lambda opt, n: torch.optim.lr_scheduler.CosineAnnealingLR(opt, n), val_every_epochs=None,
+        progress="off", run_dir=run_dir, tensorboard=False, checkpoint_every_minutes=None,
+    )  # fmt: skip
+    return trainer.fit(train, DataLoader(splits.val, batch_size=512))
+
+
+def test_progressive_fp16_matches_fp32_where_plain_fp16_fails(tmp_path):
+    fp32, fp16, progressive = _fit("fp32"), _fit("fp16-mixed"), _fit("progressive", tmp_path)
+    assert abs(progressive["val"]["loss"] - fp32["val"]["loss"]) <= 0.01 * fp32["val"]["loss"]
+    assert progressive["fp32_modules"] == ["amplify"]
+    # Plain fp16 overflows on every step; the loss scaler cannot fix a forward overflow.
+    assert fp16["skipped_steps"] >= 10 * max(progressive["skipped_steps"], 1)
+    assert not fp16["val"]["loss"] <= fp32["val"]["loss"] * 1.01  # worse (or NaN)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    shares = [r["precision/low_share"] for r in records if "precision/low_share" in r]
+    assert shares[0] < 0.5 and records[0]["precision/promotions"] == 1  # logged at the promotion step
+    assert all(r.get("precision/low_share", 0) < 0.99 for r in records)
+
+
+def _loop(model: nn.Module, policy: ProgressivePrecision, batches: list, lr: float = 1e-2) -> list[dict]:
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    events = []
+    for x, y in batches:
+        with policy.autocast():
+            loss = nn.functional.cross_entropy(model(x), y)
+        policy.scaler.scale(loss).backward()
+        events += policy.observe()
+        policy.scaler.step(opt)
+        policy.scaler.update()
+        opt.zero_grad()
+    return events
+
+
+def test_standalone_policy_promotes_then_demotes_after_a_stable_window_and_round_trips():
+    torch.manual_seed(0)
+    model = Planted()
+    policy = ProgressivePrecision(model, stable_steps=3)
+    assert policy.low_precision_share() > 0.98 and policy.promoted == []
+    batches = [(torch.randn(16, 32), torch.randint(0, 4, (16,))) for _ in range(6)]
+    events = _loop(model, policy, batches)
+    # promoted at step 1; demoted after 3 stable steps; overflows again; promoted with a doubled window
+    assert [(e["step"], e["action"], e["module"]) for e in events] == [
+        (1, "promote", "amplify"), (4, "demote", "amplify"), (5, "promote", "amplify"),
+    ]  # fmt: skip
+    assert "forward overflow" in events[0]["reason"]
+    restored = ProgressivePrecision(Planted(), stable_steps=3)
+    restored.load_state_dict(policy.state_dict())
+    assert restored.promoted == ["amplify"] and restored.metrics() == policy.metrics()
+    assert restored.state_dict()["modules"]["amplify"]["window"] == 6
+
+
+def test_promoted_module_computes_in_fp32_and_others_in_fp16():
+    model = Planted(gain=1.0)
+    policy = ProgressivePrecision(model)
+    policy._modules[1][1].promoted = True  # amplify
+    dtypes = {}
+    for name in ("inp", "amplify", "out"):
+        getattr(model, name).register_forward_hook(lambda m, a, o, n=name: dtypes.__setitem__(n, o.dtype))
+    with policy.autocast():
+        model(torch.randn(2, 32))
+    assert dtypes == {"inp": torch.float16, "amplify": torch.float32, "out": torch.float16}
+
+
+def test_gradient_underflow_promotes_after_patience():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1))
+    policy = ProgressivePrecision(model, scaler=ds.amp.GradScaler(init_scale=1.0, enabled=False), patience=2)
+    x = torch.randn(4, 8)
+    events = []
+    for _ in range(2):
+        with policy.autocast():
+            loss = model(x).sum() * 1e-6  # gradients below fp16's smallest normal number
+        loss.backward()
+        events += policy.observe()
+        model.zero_grad()
+    assert {e["module"] for e in events} >= {"1"} and all("underflow" in e["reason"] for e in events)
+    assert events[0]["step"] == 2
+
+
+def test_trainer_rejects_unknown_precision():
+    with pytest.raises(ValueError, match="progressive"):
+        ds.Trainer(nn.Linear(2, 2), precision="fp8", max_steps=1).fit([(torch.randn(2, 2), torch.tensor([0, 1]))])
