@@ -1,8 +1,10 @@
 """``ds.optim``: :mod:`torch.optim` and its LR schedulers, plus ds's registered builders.
 
 ``ds.optim.AdamW is torch.optim.AdamW`` and ``ds.optim.CosineAnnealingWarmRestarts is
-torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``. ds adds :class:`WarmupCosine` and the
-registry entries that configs use (``optim: {name: adamw, lr: 1e-3}``).
+torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``. ds adds :class:`WarmupCosine`,
+:class:`MixedPrecision` (per-parameter dtypes with fp32 masters), :class:`MixedPrecisionTrainer`
+and the registry entries that configs use (``optim: {name: adamw, lr: 1e-3}``).
+``deepseek.optimizer`` is another name for this module (document 004 imports from it).
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ import torch.optim as _torch_optim
 import torch.optim.lr_scheduler as _torch_sched
 
 from deepseek.optim.builders import build_optimizer, build_scheduler
+from deepseek.optim.mixed_precision import MixedPrecision
+from deepseek.optim.mp_trainer import MixedPrecisionTrainer, adaptive_clip_grad_
 from deepseek.optim.schedulers import WarmupCosine
 
-__all__ = ["WarmupCosine", "build_optimizer", "build_scheduler"]
+__all__ = [
+    "MixedPrecision",
+    "MixedPrecisionTrainer",
+    "WarmupCosine",
+    "adaptive_clip_grad_",
+    "build_optimizer",
+    "build_scheduler",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -122,6 +122,8 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = resolve_device("auto", self.dist.local_rank)
         self.model.to(self.device)
+        if getattr(self.optimizer, "bound", True) is False:  # deepseek.optim.MixedPrecision built without a model
+            self.optimizer.bind(self.model)
         if getattr(self, "policy", None) is None:  # kept across fit() calls (progressive precision's hooks)
             self.policy = PrecisionPolicy.create(self.precision_arg, self.device, self.model)
         self._on_cpu = self.device.type == "cpu"
