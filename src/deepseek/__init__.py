@@ -24,6 +24,7 @@ from deepseek import (  # noqa: F401
     train,  # noqa: F401  (after its dependencies: registers callbacks, metrics, losses)
 )
 from deepseek.config import Config, ConfigError, load_config
+from deepseek.jit_compile import jit, jit_report, unjit
 from deepseek.registry import Registry, register_model
 from deepseek.train import Trainer, seed_everything
 
@@ -40,6 +41,8 @@ __all__ = [
     "Trainer",
     "config",
     "data",
+    "jit",
+    "jit_report",
     "load_config",
     "models",
     "nn",
@@ -49,6 +52,7 @@ __all__ = [
     "registry",
     "seed_everything",
     "train",
+    "unjit",
 ]
 
 

@@ -46,7 +46,7 @@ def test_wrong_type(capsys):
         ("optim.lr=-1", "optim.lr", "greater than 0"),
         ("data.batch_size=0", "data.batch_size", "greater than 0"),
         ("model.dropout=1.5", "model.dropout", "less than 1"),
-        ("train.precision=fp8", "train.precision", "'auto', 'fp32', 'bf16-mixed' or 'fp16-mixed'"),
+        ("train.precision=fp8", "train.precision", "'auto', 'fp32', 'bf16-mixed', 'fp16-mixed' or 'progressive'"),
     ],
 )
 def test_out_of_range_value(capsys, override, path, allowed):

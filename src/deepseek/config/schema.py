@@ -60,6 +60,7 @@ class TrainSection(Strict):
     max_epochs: Optional[PositiveInt] = 10
     max_steps: Optional[PositiveInt] = None
     precision: Precision = "auto"
+    compile: Literal[False, True, "auto"] = False  # auto: keep compiled only where it measured faster
     accumulate_grad_batches: PositiveInt = 1
     grad_clip_norm: Optional[PositiveFloat] = None
     ema_decay: Optional[float] = Field(default=None, gt=0.0, lt=1.0)

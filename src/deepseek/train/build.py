@@ -83,6 +83,7 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str |
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         precision=t.precision,
+        compile=t.compile,
         accumulate_grad_batches=t.accumulate_grad_batches,
         grad_clip_norm=t.grad_clip_norm,
         ema_decay=t.ema_decay,

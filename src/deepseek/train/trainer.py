@@ -26,6 +26,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from deepseek.jit_compile import JitFunction, jit, jit_report, unjit
 from deepseek.registry import metrics as metric_registry
 from deepseek.train import rng
 from deepseek.train.batching import mean_loss, split_batch, windows
@@ -62,6 +63,7 @@ class Trainer:
         max_epochs: int | None = 10,
         max_steps: int | None = None,
         precision: str = "auto",
+        compile: bool | str = False,
         accumulate_grad_batches: int = 1,
         grad_clip_norm: float | None = None,
         ema_decay: float | None = None,
@@ -105,6 +107,9 @@ class Trainer:
         self.callbacks = CallbackList(cbs)
         self.device = resolve_device(device)
         self.precision_arg = precision
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile must be true, false or 'auto'; got {compile!r}")
+        self.compile = compile
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.ckpt_every_steps, self.ckpt_every_minutes = checkpoint_every_steps, checkpoint_every_minutes
         self.keep_last, self.save_best = keep_last, save_best
@@ -130,6 +135,9 @@ class Trainer:
         self.ema = None
         if self.ema_decay is not None:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
+        self._jitted = bool(self.compile) and not isinstance(self.model.__dict__.get("forward"), JitFunction)
+        if self._jitted:  # after the EMA copy; autotune keeps eager where compiling does not pay
+            jit(self.model, autotune=self.compile == "auto")
         self.total_steps = self._total_steps(train_data)
         sched = self._scheduler_arg
         if callable(sched) and not hasattr(sched, "step"):
@@ -212,6 +220,8 @@ class Trainer:
             self._loop(train_data, val_data)
             return self._finish(val_data)
         finally:
+            if self._jitted:  # give the caller back the model as it came
+                unjit(self.model)
             if self.logger:
                 self.logger.close()
 
@@ -423,6 +433,7 @@ class Trainer:
             "precision": self.policy.precision,
             **({"skipped_steps": self._step.skipped_steps} if self.policy.scaler is not None else {}),
             **({"fp32_modules": self.policy.promoted} if hasattr(self.policy, "promoted") else {}),
+            **({"compile": jit_report(self.model)} if self._jitted else {}),
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "best": {"monitor": self.best.monitor, "value": self.best.best, "checkpoint": self.best_checkpoint},
