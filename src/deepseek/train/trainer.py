@@ -7,6 +7,9 @@ Design notes (what users of other trainers complain about, and what this one doe
   ``benchmarks/trainer_overhead.py``.
 - Exact resume: a checkpoint holds the weights, optimizer, scheduler, scaler, EMA, callback and
   RNG states and the position in the epoch; a resumed run matches an uninterrupted one bitwise.
+- Precision and compilation: ``precision`` is auto, fp32, bf16-mixed, fp16-mixed or progressive
+  (``precision.py``); ``compile`` is False, True or "auto" (``ds.jit``; auto keeps compiled only
+  where it measured faster). A ``deepseek.optim.MixedPrecision`` optimizer is bound to the model here.
 
 The default step expects ``(inputs, targets)`` batches. Otherwise pass
 ``step_fn(model, batch) -> loss | (loss, outputs, targets)``.
@@ -26,10 +29,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from deepseek.jit_compile import JitFunction, jit, jit_report, unjit
+from deepseek.jit_compile import JitFunction, jit, unjit
 from deepseek.registry import metrics as metric_registry
 from deepseek.train import rng
-from deepseek.train.batching import mean_loss, split_batch, windows
+from deepseek.train.batching import split_batch, windows
 from deepseek.train.callbacks import CallbackList, EarlyStopping, Monitor
 from deepseek.train.checkpoint import (
     CheckpointManager,
@@ -42,6 +45,7 @@ from deepseek.train.distributed import DistInfo, init_distributed, resolve_devic
 from deepseek.train.evaluate import evaluate
 from deepseek.train.logger import RunLogger
 from deepseek.train.precision import PrecisionPolicy
+from deepseek.train.report import log_precision_events, run_summary, step_values
 from deepseek.train.step import OptimizerStep
 
 StepFn = Callable[[nn.Module, Any], Any]
@@ -272,10 +276,8 @@ class Trainer:
         epoch_val = epoch_end and self.val_every_epochs and (self.epoch + 1) % self.val_every_epochs == 0
         if val_data is not None and ((self.val_every_steps and step % self.val_every_steps == 0) or epoch_val):
             improved = self._validate_and_track(val_data)
-        if self._step.events and self.logger:  # a module promoted to fp32 or demoted: log it now
-            for e in self._step.events:
-                self.logger.message(f"step {step}: {e['action']} {e['module'] or 'model'} to {e['to']}: {e['reason']}")
-            self.logger.log_step(step, self.epoch, self.policy.metrics())
+        if self._step.events and self.logger:  # progressive precision promoted/demoted a module
+            log_precision_events(self)
         self.callbacks("on_step_end", self)
         if epoch_end:
             self.callbacks("on_epoch_end", self)
@@ -288,18 +290,7 @@ class Trainer:
 
     def _log_train(self) -> None:
         now = time.monotonic()
-        values = {
-            "train/loss": mean_loss(self._losses),
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
-            "samples_per_s": self._samples / max(now - self._t_log, 1e-9),
-        }
-        if self.grad_clip_norm is not None:
-            values["grad_norm"] = float(self._step.grad_norm)
-        if self.policy.scaler is not None:
-            values["loss_scale"] = float(self.policy.scaler.get_scale())
-            values["skipped_steps"] = float(self._step.skipped_steps)
-        if hasattr(self.policy, "metrics"):  # progressive precision: low-precision share, promotions
-            values.update(self.policy.metrics())
+        values = step_values(self, now)
         self._losses.clear()
         self._samples_total += self._samples
         self._samples, self._t_log = 0, now
@@ -345,22 +336,26 @@ class Trainer:
         return self.loss_fn(outputs, targets), outputs, targets
 
     # ------------------------------------------------------------------------------ checkpoints
+    _PROGRESS = ("global_step", "epoch", "batch_in_epoch", "should_stop", "stop_reason")
+
+    def _stateful(self) -> dict[str, Any]:
+        """The parts whose ``state_dict()`` a checkpoint holds (None where a part is unused)."""
+        return {
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.policy.scaler,
+            "precision": self.policy if hasattr(self.policy, "state_dict") else None,  # progressive
+            "ema": self.ema,
+            "callbacks": self.callbacks,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights that exact resume needs; loadable with ``weights_only=True``."""
         return {
-            "global_step": self.global_step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "should_stop": self.should_stop,
-            "stop_reason": self.stop_reason,
+            **{k: getattr(self, k) for k in self._PROGRESS},
+            **{k: part.state_dict() if part is not None else None for k, part in self._stateful().items()},
             "wall_s": self._wall_before + time.monotonic() - self._t_start,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.policy.scaler.state_dict() if self.policy.scaler is not None else None,
-            "precision": self.policy.state_dict() if hasattr(self.policy, "state_dict") else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng.rng_state(),
-            "callbacks": self.callbacks.state_dict(),
             "best": {**self.best.state_dict(), "checkpoint": self.best_checkpoint},
             "last_val_metrics": self.last_val_metrics,
             "data": self._train_data.state_dict() if hasattr(self._train_data, "state_dict") else None,
@@ -379,25 +374,14 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (the weights are loaded separately)."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.policy.scaler is not None and state["scaler"] is not None:
-            self.policy.scaler.load_state_dict(state["scaler"])
-        if state.get("precision") is not None and hasattr(self.policy, "load_state_dict"):
-            self.policy.load_state_dict(state["precision"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.callbacks.load_state_dict(state["callbacks"])
+        for k, part in self._stateful().items():
+            if part is not None and state.get(k) is not None:
+                part.load_state_dict(state[k])
+        for k in self._PROGRESS:
+            setattr(self, k, state[k])
         self.best.load_state_dict(state["best"])
         self.best_checkpoint = state["best"].get("checkpoint")
         self.last_val_metrics = dict(state["last_val_metrics"])
-        self.global_step, self.epoch, self.batch_in_epoch = (
-            state["global_step"],
-            state["epoch"],
-            state["batch_in_epoch"],
-        )
-        self.should_stop, self.stop_reason = state["should_stop"], state["stop_reason"]
         self._wall_before = float(state["wall_s"])
         self._data_state = state.get("data")
         rng.set_rng_state(state["rng"])
@@ -423,27 +407,7 @@ class Trainer:
             improved = self._validate_and_track(val_data)
         if self.dist.is_main and self.ckpt is not None:
             self.save_checkpoint(best=improved)
-        wall = self._wall_before + time.monotonic() - self._t_start
-        summary: dict[str, Any] = {
-            "val": {k.removeprefix("val/"): v for k, v in self.last_val_metrics.items()},
-            "steps": self.global_step,
-            "epochs": self.epoch,
-            "wall_s": round(wall, 3),
-            "samples_per_s": round(self._samples_total / max(time.monotonic() - self._t_start, 1e-9), 1),
-            "precision": self.policy.precision,
-            **({"skipped_steps": self._step.skipped_steps} if self.policy.scaler is not None else {}),
-            **({"fp32_modules": self.policy.promoted} if hasattr(self.policy, "promoted") else {}),
-            **({"compile": jit_report(self.model)} if self._jitted else {}),
-            "device": str(self.device),
-            "world_size": self.dist.world_size,
-            "best": {"monitor": self.best.monitor, "value": self.best.best, "checkpoint": self.best_checkpoint},
-            "stop_reason": self.stop_reason
-            or (
-                f"max_steps={self.max_steps}"
-                if self.max_steps is not None and self.global_step >= self.max_steps
-                else f"max_epochs={self.max_epochs}"
-            ),
-        }
+        summary = run_summary(self)
         if self.dist.is_main and self.run_dir is not None:
             (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
             save_weights(
