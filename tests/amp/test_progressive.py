@@ -3,27 +3,53 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 import deepseek as ds
 from deepseek.amp import ProgressivePrecision
-from deepseek.data.datasets import synthetic_classification
+from tests.conftest import REPO
+
+
+def test_example_progressive_matches_fp32_where_plain_fp16_fails(tmp_path):
+    """The acceptance run: examples/progressive_precision.py (fp32, plain fp16, progressive fp16)."""
+    out, run_dir = tmp_path / "cmp.json", tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(REPO / "examples" / "progressive_precision.py"),
+        "--run-dir",
+        str(run_dir),
+        "--out",
+        str(out),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = json.loads(out.read_text())
+    fp32, fp16, progressive = runs["fp32"], runs["fp16-mixed"], runs["progressive"]
+    assert abs(progressive["val"]["loss"] - fp32["val"]["loss"]) <= 0.01 * fp32["val"]["loss"]
+    assert progressive["fp32_modules"] == ["amplify"]
+    # Plain fp16 overflows on every step; the loss scaler cannot fix a forward overflow.
+    assert fp16["skipped_steps"] >= 10 * max(progressive["skipped_steps"], 1)
+    assert not fp16["val"]["loss"] <= fp32["val"]["loss"] * 1.01  # worse (or NaN)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    shares = [r["precision/low_share"] for r in records if "precision/low_share" in r]
+    assert shares[0] < 0.5 and records[0]["step"] == 1 and records[0]["precision/promotions"] == 1
 
 
 class Planted(nn.Module):
-    """An MLP whose ``amplify`` layer outputs ~1e5: beyond fp16's 65504, harmless in fp32 (LayerNorm follows)."""
+    """A small MLP whose ``amplify`` layer outputs ~1e5 (beyond fp16's 65504); a LayerNorm follows."""
 
     def __init__(self, gain: float = 3e5) -> None:
         super().__init__()
         self.inp, self.amplify, self.norm, self.out = (
-            nn.Linear(32, 128),
-            nn.Linear(128, 128),
-            nn.LayerNorm(128),
-            nn.Linear(128, 4),
+            nn.Linear(32, 64),
+            nn.Linear(64, 64),
+            nn.LayerNorm(64),
+            nn.Linear(64, 4),
         )
         with torch.no_grad():
             self.amplify.weight.mul_(gain)
@@ -31,32 +57,6 @@ class Planted(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(torch.relu(self.norm(self.amplify(torch.relu(self.inp(x))))))
-
-
-def _fit(precision: str, run_dir=None) -> dict:
-    splits = synthetic_classification(class_sep=0.5)
-    torch.manual_seed(0)
-    model = Planted()
-    train = DataLoader(splits.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    trainer = ds.Trainer(
-        model, torch.optim.AdamW(model.parameters(), lr=1e-3), precision=precision, max_steps=600, max_epochs=None,
-        scheduler=lambda opt, n: torch.optim.lr_scheduler.CosineAnnealingLR(opt, n), val_every_epochs=None,
-        progress="off", run_dir=run_dir, tensorboard=False, checkpoint_every_minutes=None,
-    )  # fmt: skip
-    return trainer.fit(train, DataLoader(splits.val, batch_size=512))
-
-
-def test_progressive_fp16_matches_fp32_where_plain_fp16_fails(tmp_path):
-    fp32, fp16, progressive = _fit("fp32"), _fit("fp16-mixed"), _fit("progressive", tmp_path)
-    assert abs(progressive["val"]["loss"] - fp32["val"]["loss"]) <= 0.01 * fp32["val"]["loss"]
-    assert progressive["fp32_modules"] == ["amplify"]
-    # Plain fp16 overflows on every step; the loss scaler cannot fix a forward overflow.
-    assert fp16["skipped_steps"] >= 10 * max(progressive["skipped_steps"], 1)
-    assert not fp16["val"]["loss"] <= fp32["val"]["loss"] * 1.01  # worse (or NaN)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    shares = [r["precision/low_share"] for r in records if "precision/low_share" in r]
-    assert shares[0] < 0.5 and records[0]["precision/promotions"] == 1  # logged at the promotion step
-    assert all(r.get("precision/low_share", 0) < 0.99 for r in records)
 
 
 def _loop(model: nn.Module, policy: ProgressivePrecision, batches: list, lr: float = 1e-2) -> list[dict]:
