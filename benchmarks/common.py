@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmarks: medians of synchronized wall-clock runs."""
+"""Shared by the benchmarks: synchronized wall-clock medians, the devices present, the models timed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn as nn
 
 
 def sync(device: str) -> None:
@@ -30,3 +31,14 @@ def median_ms(fn: Callable[[], object], device: str = "cpu", repeats: int = 10, 
 
 def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def models() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """The MLP (3x1024) and Transformer encoder (4 layers of 256, 64 tokens) that precision.py and
+    jit.py time, with each one's per-sample input shape; both end in 10 classes."""
+    mlp = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    layer = nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True, dropout=0.0)
+    encoder = nn.Sequential(
+        nn.TransformerEncoder(layer, 4, enable_nested_tensor=False), nn.Flatten(), nn.Linear(256 * 64, 10)
+    )
+    return {"mlp 3x1024": (mlp, (1024,)), "transformer 4x256 seq64": (encoder, (64, 256))}

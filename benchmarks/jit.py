@@ -27,14 +27,7 @@ import torch.nn as nn
 import deepseek as ds
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import devices, sync  # noqa: E402
-
-
-def models() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
-    mlp = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-    layer = nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True, dropout=0.0)
-    encoder = nn.Sequential(nn.TransformerEncoder(layer, 4, enable_nested_tensor=False), nn.Flatten(), nn.Linear(256 * 64, 10))
-    return {"mlp 3x1024": (mlp, (1024,)), "transformer 4x256 seq64": (encoder, (64, 256))}
+from common import devices, models, sync  # noqa: E402
 
 
 def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool):

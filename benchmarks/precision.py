@@ -20,19 +20,14 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import devices, median_ms  # noqa: E402
+from common import devices, median_ms, models  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def models() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
-    mlp = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-    layer = nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True, dropout=0.0)
-    encoder = nn.Sequential(nn.TransformerEncoder(layer, 4, enable_nested_tensor=False), nn.Flatten(), nn.Linear(256 * 64, 10))
-    return {"mlp 3x1024": (mlp, (1024,)), "transformer 4x256 seq64": (encoder, (64, 256))}
-
-
-def bench(model: nn.Module, shape: tuple[int, ...], device: str, batch: int, repeats: int) -> dict[str, tuple[float, float]]:
+def bench(
+    model: nn.Module, shape: tuple[int, ...], device: str, batch: int, repeats: int
+) -> dict[str, tuple[float, float]]:
     model = model.to(device)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
