@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "progressive"]
 
@@ -94,6 +103,11 @@ class LoggingSection(Strict):
     every_steps: PositiveInt = 50
     tensorboard: bool = True
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
 
 
 class Config(Strict):

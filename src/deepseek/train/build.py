@@ -131,14 +131,20 @@ def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, float]:
     run = build_run(cfg, None, progress="off")
     if run.val_loader is None:
         raise ConfigError([f"data: dataset '{cfg.data.name}' has no validation split (is data.val_fraction 0?)"])
-    path = Path(checkpoint)
-    if path.is_file():
-        load_weights(run.model, path)
-    else:
-        ckpt = resolve_checkpoint(path)
-        load_weights(run.model, ckpt / MODEL_FILE)
-        ema = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True).get("ema")
-        if ema is not None:
-            run.model.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
+    load_trained_weights(run.model, checkpoint)
     run.model.to(run.trainer.device)
     return run.trainer.validate(run.val_loader)
+
+
+def load_trained_weights(model: nn.Module, checkpoint: str | Path) -> nn.Module:
+    """Load a ``.safetensors`` file, or a checkpoint (its EMA weights when it has them) into ``model``."""
+    path = Path(checkpoint)
+    if path.is_file():
+        load_weights(model, path)
+        return model
+    ckpt = resolve_checkpoint(path)
+    load_weights(model, ckpt / MODEL_FILE)
+    ema = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True).get("ema")
+    if ema is not None:
+        model.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
+    return model

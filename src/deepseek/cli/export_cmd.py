@@ -1,0 +1,113 @@
+"""``deepseek export CKPT --format onnx|exported-program``: the model of a run, exported and verified.
+
+The run's ``config.yaml`` (found beside or above CKPT, or given with ``--config``) rebuilds the
+model; a validation batch from its data is the sample input, and the export is checked against
+torch on it (and on a smaller batch with ``--dynamic-batch``). Exit code 1 when the largest
+difference is above ``--atol``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepseek.cli.errors import UsageError
+
+
+def find_config(checkpoint: Path) -> Path:
+    for folder in [checkpoint if checkpoint.is_dir() else checkpoint.parent, *checkpoint.resolve().parents][:5]:
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    raise UsageError(f"no config.yaml beside or above '{checkpoint}'; pass --config")
+
+
+def _sample(cfg: Any) -> Any:
+    from deepseek.train.batching import split_batch
+    from deepseek.train.build import build_loaders
+    from deepseek.train.distributed import DistInfo
+
+    train, val = build_loaders(cfg, DistInfo())
+    inputs, _ = split_batch(next(iter(val if val is not None else train)))
+    return inputs
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deepseek.config import load_config
+    from deepseek.export import (
+        TensorInputs,
+        export_onnx,
+        export_program,
+        onnx_size,
+        optimize_onnx,
+        quantize_onnx,
+        verify_onnx,
+    )  # fmt: skip
+    from deepseek.train.build import build_model, load_trained_weights
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        raise UsageError(f"'{ckpt}': no such checkpoint, run directory or weights file")
+    cfg = load_config(args.config or find_config(ckpt), args.overrides)
+    model = load_trained_weights(build_model(cfg), ckpt).eval()
+    inputs = _sample(cfg)
+    if isinstance(inputs, dict):  # e.g. MiniLM's {"input_ids", "attention_mask"}
+        names = list(inputs)
+        model, tensors = TensorInputs(model, names).eval(), tuple(inputs[n] for n in names)
+    else:
+        names, tensors = ["input"], (inputs,)
+    smaller = tuple(t[: max(1, t.shape[0] // 2 - 1)] for t in tensors)
+    suffix = ".onnx" if args.format == "onnx" else ".pt2"
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / f"model{suffix}"
+    checks = [("sample batch", tensors)] + (
+        [("batch of " + str(smaller[0].shape[0]), smaller)] if args.dynamic_batch else []
+    )
+    if args.format == "exported-program":
+        export_program(
+            model, tensors, out, dynamic={i: {0: "batch"} for i in range(len(names))} if args.dynamic_batch else None
+        )
+        program = torch.export.load(str(out)).module()
+        diffs = {label: _max_diff(program(*x), model(*x)) for label, x in checks}
+    else:
+        dynamic = {n: {0: "batch"} for n in names} if args.dynamic_batch else None
+        export_onnx(model, tensors, out, input_names=names, dynamic=dynamic, opset=args.opset)
+        diffs = {label: verify_onnx(out, model, x) for label, x in checks}
+        if args.optimize:
+            optimized = optimize_onnx(out, out.with_suffix(".opt.onnx"))
+            diffs.update({f"optimized, {label}": verify_onnx(optimized, model, x) for label, x in checks})
+    size = onnx_size(out) if args.format == "onnx" else out.stat().st_size
+    print(f"exported {out} ({size / 2**20:.2f} MiB)")
+    for label, diff in diffs.items():
+        print(f"  max |export - torch| on the {label}: {diff:.2e}")
+    if args.format == "onnx" and args.quantize:
+        q = quantize_onnx(out, out.with_suffix(".int8.onnx"), model, tensors)
+        tried = ", ".join(f"{k} {v:.2e}" for k, v in q["tried"].items())
+        print(f"int8 {q['path']} ({q['path'].stat().st_size / 2**20:.2f} MiB): weights {q['weight_type']} "
+              f"per channel (max |diff| tried: {tried})")  # fmt: skip
+    worst = max(diffs.values())
+    if worst > args.atol:
+        print(f"error: the export differs from torch by {worst:.2e} > --atol {args.atol:g}")
+        return 1
+    return 0
+
+
+@torch.no_grad()
+def _max_diff(a: Any, b: Any) -> float:
+    a, b = (x[0] if isinstance(x, (tuple, list)) else x for x in (a, b))
+    return float((a.float() - b.float()).abs().max())
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="export a trained model to ONNX or a torch.export program, verified")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory or a .safetensors file")
+    p.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
+    p.add_argument("--config", help="the run's config (default: config.yaml beside or above CKPT)")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (checked on a second one)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--out", help="output file (default: model.onnx / model.pt2 beside the checkpoint)")
+    p.add_argument("--optimize", action="store_true", help="also save ORT's graph-optimized model (.opt.onnx)")
+    p.add_argument("--quantize", choices=("int8",), help="also save an ORT dynamic INT8 model (.int8.onnx)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed difference from torch (default 1e-4)")
+    p.set_defaults(fn=cmd_export, overrides=[])

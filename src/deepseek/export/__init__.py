@@ -1,0 +1,26 @@
+"""``deepseek.export``: ONNX (verified in ONNX Runtime, optionally optimized and INT8-quantized) and
+``torch.export`` programs. ``deepseek export`` on the command line."""
+
+from deepseek.export.onnx import (
+    TensorInputs,
+    export_onnx,
+    export_program,
+    onnx_session,
+    onnx_size,
+    optimize_onnx,
+    quantize_onnx,
+    run_onnx,
+    verify_onnx,
+)
+
+__all__ = [
+    "TensorInputs",
+    "export_onnx",
+    "export_program",
+    "onnx_session",
+    "onnx_size",
+    "optimize_onnx",
+    "quantize_onnx",
+    "run_onnx",
+    "verify_onnx",
+]
