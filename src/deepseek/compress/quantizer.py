@@ -1,0 +1,252 @@
+"""``Quantizer``: fp16/bf16, INT8 (static with calibration, or dynamic) and INT4 weight-only.
+
+::
+
+    quantized = Quantizer(model, method="kl", bit_width=8, calib_data=val_loader).compress()
+    quantized = Quantizer(model, method="KL", bit_width=8, symmetric=False).compress()  # document 003
+    Quantizer(model, act_quant="per_tensor", wt_quant="per_channel", calib_data=loader)  # document 001
+
+Levels and the machinery under them:
+
+- ``bit_width=16``: a copy cast to fp16 (``dtype="bf16"`` for bf16); inputs cast in, outputs out.
+- ``bit_width=8`` with ``calib_data``: static INT8 through torchao's pt2e flow with
+  ``X86InductorQuantizer`` (uint8 activations, int8 weights per channel or per tensor), the
+  activation ranges chosen by :mod:`deepseek.compress.calibration` (``method``), then compiled by
+  inductor (``ds.jit``, eager fallback) into int8 kernels.
+- ``bit_width=8`` without ``calib_data``: activations quantized dynamically (per batch), and a
+  message says so: pt2e's dynamic config when example inputs are known, else torchao's
+  ``Int8DynamicActivationInt8WeightConfig``.
+- ``backend="torchao"``: torchao's INT8 weight-only config (smaller, not faster on CPUs).
+- ``bit_width=4``: group-wise INT4 weight-only with packed storage (:mod:`deepseek.compress.int4`).
+
+``backend="auto"`` (INT8) builds every candidate that applies, times each against fp32 eager on a
+calibration batch, and keeps the fastest whose relative output error stays within
+``max_rel_error``; ``quantizer.report`` holds what was measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from deepseek.compress.calibration import METHODS, CalibrationObserver
+from deepseek.compress.int4 import quantize_int4
+from deepseek.jit_compile import jit
+
+
+class LowPrecision(nn.Module):
+    """``model`` in fp16/bf16; floating inputs are cast to that dtype and outputs back to fp32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model.to(dtype), dtype
+
+    def forward(self, *args: Any) -> Any:
+        cast = [a.to(self.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        out = self.model(*cast)
+        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Bytes of the model's serialized ``state_dict`` (what a checkpoint of it takes on disk)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def _inputs(batch: Any) -> Any:
+    return batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+
+
+class Quantizer:
+    """See the module docstring. ``compress()`` returns a new model; ``model`` is not modified."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "minmax",
+        bit_width: int = 8,
+        symmetric: bool = False,
+        granularity: str = "per_channel",
+        calib_data: Iterable[Any] | None = None,
+        backend: str = "auto",
+        *,
+        dtype: str = "fp16",
+        act_quant: str = "per_tensor",
+        wt_quant: str | None = None,
+        group_size: int = 32,
+        example_inputs: Any = None,
+        calib_batches: int = 8,
+        max_rel_error: float = 0.05,
+    ) -> None:
+        method = method.lower()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        if bit_width not in (16, 8, 4):
+            raise ValueError(f"bit_width must be 16, 8 or 4; got {bit_width!r}")
+        granularity = wt_quant or granularity
+        if granularity not in ("per_tensor", "per_channel"):
+            raise ValueError(f"granularity (wt_quant) must be 'per_tensor' or 'per_channel'; got {granularity!r}")
+        if act_quant != "per_tensor":
+            raise ValueError(f"act_quant must be 'per_tensor' (activations have one scale); got {act_quant!r}")
+        if backend not in ("auto", "pt2e", "torchao"):
+            raise ValueError(f"backend must be 'auto', 'pt2e' or 'torchao'; got {backend!r}")
+        if dtype not in ("fp16", "bf16"):
+            raise ValueError(f"dtype (for bit_width=16) must be 'fp16' or 'bf16'; got {dtype!r}")
+        self.model, self.method, self.bit_width, self.symmetric = model.eval(), method, bit_width, symmetric
+        self.per_channel, self.backend, self.dtype, self.group_size = (
+            granularity == "per_channel",
+            backend,
+            dtype,
+            group_size,
+        )
+        self.calib = [_inputs(b) for b in islice(calib_data, calib_batches)] if calib_data is not None else []
+        self.example = example_inputs if example_inputs is not None else (self.calib[0] if self.calib else None)
+        self.max_rel_error = max_rel_error
+        self.report: dict[str, Any] = {}
+
+    def compress(self) -> nn.Module:
+        """The quantized model (a new object)."""
+        if self.bit_width == 16:
+            self.report = {"level": self.dtype, "backend": "torch"}
+            return LowPrecision(copy.deepcopy(self.model), torch.float16 if self.dtype == "fp16" else torch.bfloat16)
+        if self.bit_width == 4:
+            self.report = {"level": "int4 weight-only", "backend": "torch (packed)", "group_size": self.group_size}
+            return quantize_int4(copy.deepcopy(self.model), self.group_size)
+        candidates = self._int8_candidates()
+        if len(candidates) == 1 or self.example is None:
+            name, build = next(iter(candidates.items()))
+            self.report = {"level": "int8", "backend": name}
+            return build()
+        return self._fastest(candidates)
+
+    # ----------------------------------------------------------------------------------- int8
+    def _int8_candidates(self) -> dict[str, Any]:
+        weight_only = {"torchao int8 weight-only": self._torchao_weight_only}
+        if self.backend == "torchao":
+            return weight_only
+        if not self.calib:
+            note = f"; method {self.method!r} needs calibration data" if self.method != "minmax" else ""
+            print(
+                f"ds.compress: no calibration data: INT8 activations are quantized dynamically{note}", file=sys.stderr
+            )
+            dynamic = {"pt2e dynamic": lambda: self._pt2e(dynamic=True)} if self.example is not None else {}
+            found = {**dynamic, "torchao dynamic": self._torchao_dynamic}
+        else:
+            found = {f"pt2e static ({self.method})": lambda: self._pt2e(dynamic=False)}
+        if self.backend == "pt2e":
+            return {k: v for k, v in found.items() if k.startswith("pt2e")} or found
+        return {**found, **weight_only}
+
+    def _pt2e(self, dynamic: bool) -> nn.Module:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.observer import MinMaxObserver
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        config = xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic)
+        if not dynamic:
+            observer = CalibrationObserver.with_args(method=self.method, symmetric=self.symmetric, eps=2**-12)
+            act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer)
+            config = dataclasses.replace(config, input_activation=act, output_activation=act)
+        if not self.per_channel:
+            weight = dataclasses.replace(config.weight, qscheme=torch.per_tensor_symmetric, ch_axis=None,
+                                         observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))  # fmt: skip
+            config = dataclasses.replace(config, weight=weight)
+        quantizer = xiq.X86InductorQuantizer().set_global(config)
+        args = self.example if isinstance(self.example, tuple) else (self.example,)
+        with torch.no_grad():
+            graph = torch.export.export(
+                copy.deepcopy(self.model).eval(), args, dynamic_shapes=_batch_dynamic(args)
+            ).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            for x in self.calib or [self.example]:
+                prepared(*(x if isinstance(x, tuple) else (x,)))
+            converted = _drop_unused(convert_pt2e(prepared))
+        return jit(converted)  # inductor turns the quantize/dequantize pairs into int8 kernels
+
+    def _torchao_weight_only(self) -> nn.Module:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        model = copy.deepcopy(self.model)
+        quantize_(model, Int8WeightOnlyConfig())
+        return model
+
+    def _torchao_dynamic(self) -> nn.Module:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        model = copy.deepcopy(self.model)
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        return model
+
+    # ---------------------------------------------------------------------------------- auto
+    @torch.no_grad()
+    def _fastest(self, candidates: dict[str, Any]) -> nn.Module:
+        x = self.example if isinstance(self.example, tuple) else (self.example,)
+        reference = self.model(*x)
+        base_ms = _median_ms(lambda: self.model(*x))
+        measured: dict[str, dict[str, float]] = {}
+        built: dict[str, nn.Module] = {}
+        for name, build in candidates.items():
+            try:
+                model = build()
+                out = model(*x)  # compiles, where it compiles
+            except Exception as err:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+                measured[name] = {"error": f"{type(err).__name__}: {err}".splitlines()[0]}  # type: ignore[dict-item]
+                continue
+            error = float((out.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
+            ms = _median_ms(lambda m=model: m(*x))
+            measured[name] = {"ms": ms, "speedup": base_ms / ms, "rel_error": error, "size_bytes": size_bytes(model)}
+            built[name] = model
+        if not built:
+            raise RuntimeError(f"no INT8 backend ran here: {measured}")
+        within = [n for n in built if measured[n]["rel_error"] <= self.max_rel_error]
+        pick = (
+            min(within, key=lambda n: measured[n]["ms"])
+            if within
+            else min(built, key=lambda n: measured[n]["rel_error"])
+        )
+        self.report = {"level": "int8", "backend": pick, "fp32_ms": base_ms, "candidates": measured}
+        return built[pick]
+
+
+def _drop_unused(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Delete the fp32 weights that conversion replaced by int8 constants (no node reads them)."""
+    graph.graph.eliminate_dead_code()
+    used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
+    for name in [n for n, _ in [*graph.named_parameters(), *graph.named_buffers()] if n not in used]:
+        owner, _, attr = name.rpartition(".")
+        module = graph.get_submodule(owner) if owner else graph
+        delattr(module, attr)
+    graph.recompile()
+    return graph
+
+
+def _batch_dynamic(args: tuple) -> tuple:
+    """Any batch size: axis 0 of every tensor input (and of every tensor in a dict input) is dynamic."""
+
+    def spec(a: Any) -> Any:
+        if isinstance(a, dict):
+            return {k: spec(v) for k, v in a.items()}
+        return {0: torch.export.Dim.DYNAMIC} if isinstance(a, torch.Tensor) else None
+
+    return tuple(spec(a) for a in args)
+
+
+def _median_ms(fn: Any, repeats: int = 10) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

@@ -1,0 +1,99 @@
+"""Quantizer levels on a trained digits CNN/MLP: output close to fp32, size shrinks; calibration methods."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+pytest.importorskip("torchao")
+
+import deepseek as ds  # noqa: E402
+from deepseek.compress import Int4Linear, Quantizer, clip_range, size_bytes  # noqa: E402
+from deepseek.data.datasets import digits  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """An MLP on digits, trained for a few epochs, with its validation data."""
+    splits = digits(flatten=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    ds.Trainer(model, max_epochs=6, progress="off").fit(DataLoader(splits.train, batch_size=64, shuffle=True))
+    x = torch.stack([s[0] for s in splits.val])
+    y = torch.tensor([int(s[1]) for s in splits.val])
+    return model.eval(), DataLoader(splits.train, batch_size=64), x, y
+
+
+def _accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _rel_error(model, reference, x) -> float:
+    with torch.no_grad():
+        ref = reference(x)
+        return float((model(x).float() - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "max_error", "max_size"),
+    [
+        ({"bit_width": 16}, 1e-3, 0.55),  # fp16: half the bytes
+        ({"bit_width": 16, "dtype": "bf16"}, 1e-2, 0.55),
+        ({"bit_width": 8, "backend": "pt2e", "method": "minmax"}, 0.03, 0.30),  # static, calibrated
+        ({"bit_width": 8, "backend": "torchao"}, 0.01, 0.30),  # weight-only
+        ({"bit_width": 4, "group_size": 32}, 0.1, 0.20),  # packed two per byte + fp16 scales
+    ],
+)
+def test_levels_stay_close_to_fp32_and_shrink(trained, kwargs, max_error, max_size):
+    model, calib, x, y = trained
+    quantizer = Quantizer(model, calib_data=calib, **kwargs)
+    small = quantizer.compress()
+    assert _rel_error(small, model, x) < max_error
+    assert _accuracy(small, x, y) >= _accuracy(model, x, y) - 0.02
+    assert size_bytes(small) < max_size * size_bytes(model)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the original is untouched
+
+
+def test_document_003_call_quantizes_dynamically_and_says_so(trained, capsys):
+    model, _, x, y = trained
+    small = Quantizer(model, method="KL", bit_width=8, symmetric=False).compress()
+    assert "quantized dynamically" in capsys.readouterr().err
+    assert _accuracy(small, x, y) >= _accuracy(model, x, y) - 0.02
+
+
+def test_document_001_config_and_auto_backend_report(trained):
+    model, calib, x, _ = trained
+    quantizer = Quantizer(model, act_quant="per_tensor", wt_quant="per_tensor", calib_data=calib, method="percentile")
+    small = quantizer.compress()
+    report = quantizer.report
+    assert report["backend"] in report["candidates"] and len(report["candidates"]) == 2
+    chosen = report["candidates"][report["backend"]]
+    assert chosen["rel_error"] <= 0.05 and chosen["speedup"] > 0
+    assert _rel_error(small, model, x) < 0.05
+    with pytest.raises(ValueError, match="act_quant"):
+        Quantizer(model, act_quant="per_channel")
+    with pytest.raises(ValueError, match="method must be one of"):
+        Quantizer(model, method="entropy")
+
+
+def test_int4_packs_two_weights_per_byte():
+    linear = nn.Linear(70, 5)
+    q = Int4Linear(linear, group_size=32)
+    assert q.packed.dtype == torch.uint8 and q.packed.shape == (5, 48)  # 70 inputs padded to 96, halved
+    assert (q.weight() - linear.weight).abs().max() <= (q.scale.float().max() / 2) + 1e-3
+
+
+def test_kl_and_percentile_clip_heavy_tails_tighter_than_minmax():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([np.abs(rng.standard_normal(50_000)), [60.0, 90.0]])  # ReLU-like with outliers
+    hist, _ = np.histogram(values, bins=2048, range=(0, values.max()))
+    _, top_minmax = clip_range(hist, 0.0, float(values.max()), "minmax")
+    _, top_kl = clip_range(hist, 0.0, float(values.max()), "kl")
+    _, top_pct = clip_range(hist, 0.0, float(values.max()), "percentile", percentile=99.9)
+    assert top_minmax == 90.0 and top_kl < 20.0 and 3.0 < top_pct < 4.0
+    lo, hi = clip_range(np.ones(10), -1.0, 3.0, "kl")  # two-sided: searched symmetrically, within the range
+    assert -1.0 <= lo < 0 < hi <= 3.0
