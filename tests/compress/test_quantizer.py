@@ -97,3 +97,15 @@ def test_kl_and_percentile_clip_heavy_tails_tighter_than_minmax():
     assert top_minmax == 90.0 and top_kl < 20.0 and 3.0 < top_pct < 4.0
     lo, hi = clip_range(np.ones(10), -1.0, 3.0, "kl")  # two-sided: searched symmetrically, within the range
     assert -1.0 <= lo < 0 < hi <= 3.0
+
+
+def test_qat_trains_in_the_trainer_and_converts_to_int8(trained):
+    from deepseek.compress import convert, prepare_qat
+
+    model, calib, x, y = trained
+    qat = prepare_qat(model, x[:8])
+    summary = ds.Trainer(qat, max_epochs=1, progress="off").fit(calib, DataLoader(list(zip(x, y)), batch_size=128))
+    assert summary["steps"] > 0 and summary["val"]["accuracy"] > 0.8
+    small = convert(qat)
+    assert _accuracy(small, x, y) >= _accuracy(model, x, y) - 0.03
+    assert size_bytes(small) < 0.3 * size_bytes(model)
