@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from deepseek.cli import export_cmd
+from deepseek.cli import compress_cmd, export_cmd
 from deepseek.cli.errors import UsageError
 
 BUNDLED_CONFIG = "quickstart.yaml"
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
 
     export_cmd.add_parser(sub)
+    compress_cmd.add_parser(sub)
     p = sub.add_parser("launch", help="run `deepseek train` under torchrun on N local processes")
     p.add_argument("--nproc", type=int, required=True, help="processes on this machine")
     train_like(p)

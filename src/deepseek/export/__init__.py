@@ -2,6 +2,7 @@
 ``torch.export`` programs. ``deepseek export`` on the command line."""
 
 from deepseek.export.onnx import (
+    OnnxModule,
     TensorInputs,
     export_onnx,
     export_program,
@@ -14,6 +15,7 @@ from deepseek.export.onnx import (
 )
 
 __all__ = [
+    "OnnxModule",
     "TensorInputs",
     "export_onnx",
     "export_program",

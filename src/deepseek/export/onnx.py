@@ -115,6 +115,19 @@ def run_onnx(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     return session.run(None, feeds)
 
 
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session behind an ``nn.Module`` call: ``module(*tensors) -> first output``
+    as a torch tensor (CPU), so torch code can evaluate and time an exported model."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = onnx_session(path)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run_onnx(self.session, inputs)[0])
+
+
 def _first_tensor(out: Any) -> torch.Tensor:
     while isinstance(out, (tuple, list)):
         out = out[0]

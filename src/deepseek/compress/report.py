@@ -1,0 +1,193 @@
+"""The compression comparison: every level x backend measured on the user's own validation data.
+
+``compare(model, val_batches, levels=("fp32", "fp16", "int8", "int4"), calib_batches=...)`` builds
+each variant and measures, on the same batches: accuracy, the cosine similarity of its outputs to
+fp32's, its size on disk, and its median latency on one batch against fp32 eager. Rows:
+
+- fp32: torch eager; ONNX Runtime (exported, verified).
+- fp16 / bf16: torch (a cast copy).
+- int8: static pt2e (calibrated, inductor kernels); torchao weight-only; ONNX Runtime dynamic INT8.
+- int4: torch, packed group-wise weight-only.
+
+``pick(rows, max_accuracy_drop)`` then takes the smallest (then fastest) row whose accuracy is
+within the budget in points. ``save_report`` writes ``report.json`` and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from deepseek.compress.quantizer import Quantizer, size_bytes
+
+LEVELS = ("fp32", "fp16", "bf16", "int8", "int4")
+
+
+def _tensors(inputs: Any) -> tuple[list[str], tuple[torch.Tensor, ...]]:
+    if isinstance(inputs, dict):
+        return list(inputs), tuple(inputs.values())
+    return ["input"], (inputs,)
+
+
+def _call(model: nn.Module, inputs: Any, positional: bool) -> torch.Tensor:
+    out = model(*_tensors(inputs)[1]) if positional else model(inputs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _variants(
+    model: nn.Module, level: str, calib: list[Any], example: Any, method: str, workdir: Path
+) -> dict[str, tuple[Callable[[], nn.Module], bool, Callable[[nn.Module], int]]]:
+    """``{backend: (build, takes positional tensors, size in bytes)}`` for one level."""
+    torch_size = size_bytes
+    if level == "fp32":
+        return {
+            "torch eager": (lambda: model, False, torch_size),
+            "onnxruntime": (lambda: _onnx(model, example, workdir, False), True, _onnx_size),
+        }
+    if level in ("fp16", "bf16"):
+        return {"torch": (lambda: Quantizer(model, bit_width=16, dtype=level).compress(), False, torch_size)}
+    if level == "int4":
+        return {"torch (packed)": (lambda: Quantizer(model, bit_width=4).compress(), False, torch_size)}
+    return {
+        f"pt2e static, {method}": (lambda: Quantizer(model, method, calib_data=calib, backend="pt2e").compress(), False, torch_size),
+        "torchao weight-only": (lambda: Quantizer(model, calib_data=calib, backend="torchao").compress(), False, torch_size),
+        "onnxruntime dynamic": (lambda: _onnx(model, example, workdir, True), True, _onnx_size),
+    }  # fmt: skip
+
+
+def _onnx(model: nn.Module, example: Any, workdir: Path, int8: bool) -> nn.Module:
+    from deepseek.export import OnnxModule, TensorInputs, export_onnx, quantize_onnx
+
+    names, tensors = _tensors(example)
+    wrapped = TensorInputs(model, names).eval() if isinstance(example, dict) else model
+    path = export_onnx(
+        wrapped, tensors, workdir / "model.onnx", input_names=names, dynamic={n: {0: "batch"} for n in names}
+    )
+    if int8:
+        path = quantize_onnx(path, workdir / "model.int8.onnx", wrapped, tensors)["path"]
+    return OnnxModule(path)
+
+
+def _onnx_size(module: nn.Module) -> int:
+    from deepseek.export import onnx_size
+
+    return onnx_size(module.path)
+
+
+@torch.no_grad()
+def compare(
+    model: nn.Module,
+    val_batches: Sequence[Any],
+    levels: Sequence[str] = ("fp32", "fp16", "int8", "int4"),
+    calib_batches: Sequence[Any] | None = None,  # inputs only; default: the validation inputs
+    method: str = "percentile",
+    repeats: int = 20,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """One row per level and backend: accuracy, output cosine to fp32, size, latency, speed-up."""
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown or not levels or levels[0] != "fp32":
+        raise ValueError(f"levels must start with fp32, then any of {', '.join(LEVELS[1:])}; got {list(levels)}")
+    model = model.eval()
+    batches = [(b[0], b[1]) for b in val_batches]
+    calib = list(calib_batches)[:8] if calib_batches else [x for x, _ in batches[:8]]
+    example = batches[0][0]
+    reference = [_call(model, x, False).float() for x, _ in batches]
+    base_ms = 1.0  # replaced by fp32 eager's own row (fp32 comes first)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for level in levels:
+            for backend, (build, positional, size) in _variants(
+                model, level, calib, example, method, Path(tmp)
+            ).items():
+                row: dict[str, Any] = {"level": level, "backend": backend}
+                try:
+                    variant = build()
+                    outs = [_call(variant, x, positional).float() for x, _ in batches]
+                    correct = sum(int((o.argmax(-1) == y).sum()) for o, (_, y) in zip(outs, batches))
+                    cosine = torch.cat([nn.functional.cosine_similarity(o, r, dim=-1) for o, r in zip(outs, reference)])
+                    ms = _median_ms(lambda v=variant, p=positional: _call(v, example, p), repeats)
+                    row.update(accuracy=correct / sum(len(y) for _, y in batches), cosine=float(cosine.mean()),
+                               size_mb=size(variant) / 1e6, latency_ms=ms)  # fmt: skip
+                except Exception as err:  # noqa: BLE001 - a backend that cannot run here is a row that says so
+                    row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+                if level == "fp32" and backend == "torch eager":
+                    base_ms = row["latency_ms"]  # timed like every other row, in turn
+                if "error" not in row:
+                    row["speedup"] = base_ms / row["latency_ms"]
+                log(_line(row))
+                rows.append(row)
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"{row['level']:<6}{row['backend']:<26}failed: {row['error']}"
+    return (
+        f"{row['level']:<6}{row['backend']:<26}{row['accuracy']:>9.4f}{row['cosine']:>9.4f}{row['size_mb']:>10.3f}"
+        f"{row['latency_ms']:>11.3f}{row['speedup']:>9.2f}"
+    )
+
+
+HEADER = f"{'level':<6}{'backend':<26}{'accuracy':>9}{'cosine':>9}{'size MB':>10}{'latency ms':>11}{'x fp32':>9}"
+
+
+def pick(rows: list[dict[str, Any]], max_accuracy_drop: float) -> dict[str, Any] | None:
+    """The smallest, then fastest, row within ``max_accuracy_drop`` points of fp32 eager's accuracy."""
+    base = next(r for r in rows if r["level"] == "fp32" and r["backend"] == "torch eager")
+    ok = [r for r in rows if "error" not in r and r["accuracy"] >= base["accuracy"] - max_accuracy_drop / 100]
+    return min(ok, key=lambda r: (round(r["size_mb"], 3), r["latency_ms"])) if ok else None
+
+
+def save_report(rows: list[dict[str, Any]], out_dir: str | Path, chosen: dict[str, Any] | None = None) -> Path:
+    """``report.json`` and ``report.png`` (size and speed-up per row, accuracy on each bar) in ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=2))
+    good = [r for r in rows if "error" not in r]
+    labels = [f"{r['level']}\n{r['backend']}" for r in good]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(good)), 4.5))
+    bars = ax1.bar(labels, [r["size_mb"] for r in good], color="#4c72b0")
+    ax1.set_ylabel("size on disk (MB)")
+    for bar, r in zip(bars, good):
+        ax1.annotate(
+            f"{r['accuracy']:.3f}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax2.bar(labels, [r["speedup"] for r in good], color="#55a868")
+    ax2.axhline(1.0, color="grey", linewidth=0.8)
+    ax2.set_ylabel("speed-up vs fp32 eager")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelsize=7, rotation=45)
+    ax1.set_title("size (labels: accuracy)")
+    ax2.set_title("latency, one batch")
+    fig.tight_layout()
+    fig.savefig(out / "report.png", dpi=110)
+    plt.close(fig)
+    return out / "report.json"
