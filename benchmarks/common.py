@@ -42,3 +42,21 @@ def models() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
         nn.TransformerEncoder(layer, 4, enable_nested_tensor=False), nn.Flatten(), nn.Linear(256 * 64, 10)
     )
     return {"mlp 3x1024": (mlp, (1024,)), "transformer 4x256 seq64": (encoder, (64, 256))}
+
+
+def int8_verdict(rows: list[dict], key: str = "accuracy", budget: float = 0.01) -> str:
+    """The best INT8 row against this project's targets: <= 0.30x fp32's size, >= 1.5x its speed,
+    within ``budget`` of its accuracy (or cosine >= 0.99 with ``key='cosine'``)."""
+    base = next(r for r in rows if r["level"] == "fp32" and r["backend"] == "torch eager")
+    int8 = [r for r in rows if r["level"] == "int8" and "error" not in r]
+    if not int8:
+        return "no INT8 variant ran"
+    ok = [r for r in int8 if (r[key] >= base[key] - budget if key == "accuracy" else r[key] >= 0.99)]
+    best = max(ok or int8, key=lambda r: r["speedup"])
+    smallest = min(r["size_mb"] / base["size_mb"] for r in int8)
+    met = lambda c: "met" if c else "missed"  # noqa: E731
+    quality = f"{key} {best[key]:.4f} vs fp32 {base[key]:.4f}"
+    return (
+        f"INT8 targets: size <= 0.30x: {smallest:.2f}x ({met(smallest <= 0.30)}); speed >= 1.5x: {best['speedup']:.2f}x "
+        f"through {best['backend']} ({met(best['speedup'] >= 1.5)}); {quality} ({met(bool(ok))})"
+    )

@@ -109,3 +109,17 @@ def test_qat_trains_in_the_trainer_and_converts_to_int8(trained):
     small = convert(qat)
     assert _accuracy(small, x, y) >= _accuracy(model, x, y) - 0.03
     assert size_bytes(small) < 0.3 * size_bytes(model)
+
+
+@pytest.mark.parametrize("bits", [2, 1])
+def test_ternary_and_binary_weights_pack_four_per_byte(trained, bits):
+    from deepseek.compress.lowbit import TernaryLinear
+
+    model, _, x, y = trained
+    small = Quantizer(model, bit_width=bits).compress()
+    layer = small[0]
+    assert isinstance(layer, TernaryLinear) and layer.packed.shape == (256, 16)  # 64 inputs / 4
+    values = set(torch.unique(layer.weight() / layer.alpha.float().unsqueeze(1)).tolist())
+    assert values <= ({-1.0, 1.0} if bits == 1 else {-1.0, 0.0, 1.0})
+    assert size_bytes(small) < 0.2 * size_bytes(model)
+    assert _accuracy(small, x, y) > 0.2  # experimental: far from fp32 without QAT, but not chance

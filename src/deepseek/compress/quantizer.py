@@ -18,6 +18,7 @@ Levels and the machinery under them:
   ``Int8DynamicActivationInt8WeightConfig``.
 - ``backend="torchao"``: torchao's INT8 weight-only config (smaller, not faster on CPUs).
 - ``bit_width=4``: group-wise INT4 weight-only with packed storage (:mod:`deepseek.compress.int4`).
+- ``bit_width=2`` / ``1``: ternary / binary weights, experimental (:mod:`deepseek.compress.lowbit`).
 
 ``backend="auto"`` (INT8) builds every candidate that applies, times each against fp32 eager on a
 calibration batch, and keeps the fastest whose relative output error stays within
@@ -41,6 +42,7 @@ import torch.nn as nn
 
 from deepseek.compress.calibration import METHODS, CalibrationObserver
 from deepseek.compress.int4 import quantize_int4
+from deepseek.compress.lowbit import quantize_lowbit
 from deepseek.jit_compile import jit
 
 
@@ -92,8 +94,10 @@ class Quantizer:
         method = method.lower()
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-        if bit_width not in (16, 8, 4):
-            raise ValueError(f"bit_width must be 16, 8 or 4; got {bit_width!r}")
+        if bit_width not in (16, 8, 4, 2, 1):
+            raise ValueError(
+                f"bit_width must be 16, 8, 4, or 2 / 1 (ternary / binary, experimental); got {bit_width!r}"
+            )
         granularity = wt_quant or granularity
         if granularity not in ("per_tensor", "per_channel"):
             raise ValueError(f"granularity (wt_quant) must be 'per_tensor' or 'per_channel'; got {granularity!r}")
@@ -123,6 +127,10 @@ class Quantizer:
         if self.bit_width == 4:
             self.report = {"level": "int4 weight-only", "backend": "torch (packed)", "group_size": self.group_size}
             return quantize_int4(copy.deepcopy(self.model), self.group_size)
+        if self.bit_width in (1, 2):
+            kind = "binary" if self.bit_width == 1 else "ternary"
+            self.report = {"level": f"{kind} weights (experimental)", "backend": "torch (packed)"}
+            return quantize_lowbit(copy.deepcopy(self.model), binary=self.bit_width == 1)
         candidates = self._int8_candidates()
         if len(candidates) == 1 or self.example is None:
             name, build = next(iter(candidates.items()))
@@ -168,7 +176,13 @@ class Quantizer:
             graph = torch.export.export(
                 copy.deepcopy(self.model).eval(), args, dynamic_shapes=_batch_dynamic(args)
             ).module()
-            prepared = prepare_pt2e(graph, quantizer)
+            try:
+                prepared = prepare_pt2e(graph, quantizer)
+            except (IndexError, KeyError, AssertionError) as err:  # torchao's pattern matcher, on some graphs
+                raise RuntimeError(
+                    f"torchao's X86InductorQuantizer could not annotate this model's graph ({type(err).__name__}: "
+                    f"{err}); use backend='torchao', or ONNX Runtime INT8 (deepseek export --quantize int8)"
+                ) from err
             for x in self.calib or [self.example]:
                 prepared(*(x if isinstance(x, tuple) else (x,)))
             converted = _drop_unused(convert_pt2e(prepared))

@@ -100,9 +100,12 @@ def compare(
     calib_batches: Sequence[Any] | None = None,  # inputs only; default: the validation inputs
     method: str = "percentile",
     repeats: int = 20,
+    task: str = "classification",
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """One row per level and backend: accuracy, output cosine to fp32, size, latency, speed-up."""
+    """One row per level and backend: accuracy, output cosine to fp32, size, latency, speed-up.
+
+    ``task="embedding"``: the outputs are embeddings (no accuracy; compare by cosine)."""
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown or not levels or levels[0] != "fp32":
         raise ValueError(f"levels must start with fp32, then any of {', '.join(LEVELS[1:])}; got {list(levels)}")
@@ -122,10 +125,15 @@ def compare(
                 try:
                     variant = build()
                     outs = [_call(variant, x, positional).float() for x, _ in batches]
-                    correct = sum(int((o.argmax(-1) == y).sum()) for o, (_, y) in zip(outs, batches))
+                    correct = (
+                        sum(int((o.argmax(-1) == y).sum()) for o, (_, y) in zip(outs, batches))
+                        if task == "classification"
+                        else None
+                    )
                     cosine = torch.cat([nn.functional.cosine_similarity(o, r, dim=-1) for o, r in zip(outs, reference)])
                     ms = _median_ms(lambda v=variant, p=positional: _call(v, example, p), repeats)
-                    row.update(accuracy=correct / sum(len(y) for _, y in batches), cosine=float(cosine.mean()),
+                    accuracy = correct / sum(len(y) for _, y in batches) if correct is not None else None
+                    row.update(accuracy=accuracy, cosine=float(cosine.mean()),
                                size_mb=size(variant) / 1e6, latency_ms=ms)  # fmt: skip
                 except Exception as err:  # noqa: BLE001 - a backend that cannot run here is a row that says so
                     row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
@@ -141,8 +149,9 @@ def compare(
 def _line(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"{row['level']:<6}{row['backend']:<26}failed: {row['error']}"
+    accuracy = f"{row['accuracy']:>9.4f}" if row["accuracy"] is not None else f"{'-':>9}"
     return (
-        f"{row['level']:<6}{row['backend']:<26}{row['accuracy']:>9.4f}{row['cosine']:>9.4f}{row['size_mb']:>10.3f}"
+        f"{row['level']:<6}{row['backend']:<26}{accuracy}{row['cosine']:>9.4f}{row['size_mb']:>10.3f}"
         f"{row['latency_ms']:>11.3f}{row['speedup']:>9.2f}"
     )
 
