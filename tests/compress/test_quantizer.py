@@ -70,7 +70,7 @@ def test_document_001_config_and_auto_backend_report(trained):
     quantizer = Quantizer(model, act_quant="per_tensor", wt_quant="per_tensor", calib_data=calib, method="percentile")
     small = quantizer.compress()
     report = quantizer.report
-    assert report["backend"] in report["candidates"] and len(report["candidates"]) == 2
+    assert report["backend"] in report["candidates"] and len(report["candidates"]) == 3  # pt2e, torchao, ORT
     chosen = report["candidates"][report["backend"]]
     assert chosen["rel_error"] <= 0.05 and chosen["speedup"] > 0
     assert _rel_error(small, model, x) < 0.05
@@ -123,3 +123,13 @@ def test_ternary_and_binary_weights_pack_four_per_byte(trained, bits):
     assert values <= ({-1.0, 1.0} if bits == 1 else {-1.0, 0.0, 1.0})
     assert size_bytes(small) < 0.2 * size_bytes(model)
     assert _accuracy(small, x, y) > 0.2  # experimental: far from fp32 without QAT, but not chance
+
+
+def test_onnxruntime_backend_returns_a_callable_in_memory_model(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    model, calib, x, y = trained
+    small = Quantizer(model, calib_data=calib, backend="onnxruntime").compress()
+    assert _rel_error(small, model, x) < 0.05 and _accuracy(small, x, y) >= _accuracy(model, x, y) - 0.02
+    assert size_bytes(small) < 0.35 * size_bytes(model)
+    path = small.save(tmp_path / "m.onnx")
+    assert path.stat().st_size == size_bytes(small)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import shutil
 import tempfile
 from itertools import islice
 from pathlib import Path
@@ -68,10 +67,8 @@ def _save(variant: Any, out: Path, example: Any) -> Path:
     from deepseek.compress.quantizer import _batch_dynamic
     from deepseek.jit_compile import unjit
 
-    onnx_path = getattr(variant, "path", None)
-    if onnx_path is not None:  # an ONNX Runtime row: the file is the artifact
-        shutil.copy(onnx_path, out / "model.onnx")
-        return out / "model.onnx"
+    if hasattr(variant, "session"):  # an ONNX Runtime row: the ONNX file is the artifact
+        return variant.save(out / "model.onnx")
     try:
         torch.save(variant, out / "model.pt")
         return out / "model.pt"

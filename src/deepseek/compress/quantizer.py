@@ -17,6 +17,8 @@ Levels and the machinery under them:
   message says so: pt2e's dynamic config when example inputs are known, else torchao's
   ``Int8DynamicActivationInt8WeightConfig``.
 - ``backend="torchao"``: torchao's INT8 weight-only config (smaller, not faster on CPUs).
+- ``backend="onnxruntime"``: exported and quantized by ONNX Runtime (dynamic INT8, per-channel
+  weights); the result is an ``OnnxModule`` (an ORT session called like a module; ``.save(path)``).
 - ``bit_width=4``: group-wise INT4 weight-only with packed storage (:mod:`deepseek.compress.int4`).
 - ``bit_width=2`` / ``1``: ternary / binary weights, experimental (:mod:`deepseek.compress.lowbit`).
 
@@ -32,6 +34,7 @@ import dataclasses
 import io
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from itertools import islice
@@ -60,7 +63,10 @@ class LowPrecision(nn.Module):
 
 
 def size_bytes(model: nn.Module) -> int:
-    """Bytes of the model's serialized ``state_dict`` (what a checkpoint of it takes on disk)."""
+    """Bytes of the model's serialized ``state_dict`` (what a checkpoint of it takes on disk), or of
+    its ONNX file for an ONNX Runtime module."""
+    if callable(getattr(model, "size_bytes", None)):
+        return int(model.size_bytes())
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.tell()
@@ -103,8 +109,8 @@ class Quantizer:
             raise ValueError(f"granularity (wt_quant) must be 'per_tensor' or 'per_channel'; got {granularity!r}")
         if act_quant != "per_tensor":
             raise ValueError(f"act_quant must be 'per_tensor' (activations have one scale); got {act_quant!r}")
-        if backend not in ("auto", "pt2e", "torchao"):
-            raise ValueError(f"backend must be 'auto', 'pt2e' or 'torchao'; got {backend!r}")
+        if backend not in ("auto", "pt2e", "torchao", "onnxruntime"):
+            raise ValueError(f"backend must be 'auto', 'pt2e', 'torchao' or 'onnxruntime'; got {backend!r}")
         if dtype not in ("fp16", "bf16"):
             raise ValueError(f"dtype (for bit_width=16) must be 'fp16' or 'bf16'; got {dtype!r}")
         self.model, self.method, self.bit_width, self.symmetric = model.eval(), method, bit_width, symmetric
@@ -141,8 +147,13 @@ class Quantizer:
     # ----------------------------------------------------------------------------------- int8
     def _int8_candidates(self) -> dict[str, Any]:
         weight_only = {"torchao int8 weight-only": self._torchao_weight_only}
+        onnx = {"onnxruntime dynamic": self._onnxruntime} if self.example is not None else {}
         if self.backend == "torchao":
             return weight_only
+        if self.backend == "onnxruntime":
+            if not onnx:
+                raise ValueError("backend='onnxruntime' exports the model: pass calib_data or example_inputs")
+            return onnx
         if not self.calib:
             note = f"; method {self.method!r} needs calibration data" if self.method != "minmax" else ""
             print(
@@ -154,7 +165,7 @@ class Quantizer:
             found = {f"pt2e static ({self.method})": lambda: self._pt2e(dynamic=False)}
         if self.backend == "pt2e":
             return {k: v for k, v in found.items() if k.startswith("pt2e")} or found
-        return {**found, **weight_only}
+        return {**found, **weight_only, **onnx}
 
     def _pt2e(self, dynamic: bool) -> nn.Module:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
@@ -187,6 +198,14 @@ class Quantizer:
                 prepared(*(x if isinstance(x, tuple) else (x,)))
             converted = _drop_unused(convert_pt2e(prepared))
         return jit(converted)  # inductor turns the quantize/dequantize pairs into int8 kernels
+
+    def _onnxruntime(self) -> nn.Module:
+        """Exported, ORT dynamic INT8, held in memory (an ``OnnxModule``: ``module(x)``, ``.save(path)``)."""
+        from deepseek.export import OnnxModule, onnx_variant
+
+        with tempfile.TemporaryDirectory() as tmp:
+            variant = onnx_variant(self.model, self.example, tmp, "int8")
+            return OnnxModule(variant.path.read_bytes())
 
     def _torchao_weight_only(self) -> nn.Module:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_

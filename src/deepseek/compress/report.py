@@ -7,7 +7,7 @@ fp32's, its size on disk, and its median latency on one batch against fp32 eager
 - fp32: torch eager; ONNX Runtime (exported, verified).
 - fp16 / bf16: torch (a cast copy).
 - int8: static pt2e (calibrated, inductor kernels); torchao weight-only; ONNX Runtime dynamic INT8.
-- int4: torch, packed group-wise weight-only.
+- int4: torch, packed group-wise weight-only; ONNX Runtime's MatMulNBits (4-bit blocks of 32).
 
 ``pick(rows, max_accuracy_drop)`` then takes the smallest (then fastest) row whose accuracy is
 within the budget in points. ``save_report`` writes ``report.json`` and a PNG chart.
@@ -60,36 +60,30 @@ def _variants(
     if level == "fp32":
         return {
             "torch eager": (lambda: model, False, torch_size),
-            "onnxruntime": (lambda: _onnx(model, example, workdir, False), True, _onnx_size),
+            "onnxruntime": (lambda: _onnx(model, example, workdir, None), True, _onnx_size),
         }
     if level in ("fp16", "bf16"):
         return {"torch": (lambda: Quantizer(model, bit_width=16, dtype=level).compress(), False, torch_size)}
     if level == "int4":
-        return {"torch (packed)": (lambda: Quantizer(model, bit_width=4).compress(), False, torch_size)}
+        return {
+            "torch (packed)": (lambda: Quantizer(model, bit_width=4).compress(), False, torch_size),
+            "onnxruntime MatMulNBits": (lambda: _onnx(model, example, workdir, "int4"), True, _onnx_size),
+        }
     return {
         f"pt2e static, {method}": (lambda: Quantizer(model, method, calib_data=calib, backend="pt2e").compress(), False, torch_size),
         "torchao weight-only": (lambda: Quantizer(model, calib_data=calib, backend="torchao").compress(), False, torch_size),
-        "onnxruntime dynamic": (lambda: _onnx(model, example, workdir, True), True, _onnx_size),
+        "onnxruntime dynamic": (lambda: _onnx(model, example, workdir, "int8"), True, _onnx_size),
     }  # fmt: skip
 
 
-def _onnx(model: nn.Module, example: Any, workdir: Path, int8: bool) -> nn.Module:
-    from deepseek.export import OnnxModule, TensorInputs, export_onnx, quantize_onnx
+def _onnx(model: nn.Module, example: Any, workdir: Path, quantize: str | None) -> nn.Module:
+    from deepseek.export import onnx_variant
 
-    names, tensors = _tensors(example)
-    wrapped = TensorInputs(model, names).eval() if isinstance(example, dict) else model
-    path = export_onnx(
-        wrapped, tensors, workdir / "model.onnx", input_names=names, dynamic={n: {0: "batch"} for n in names}
-    )
-    if int8:
-        path = quantize_onnx(path, workdir / "model.int8.onnx", wrapped, tensors)["path"]
-    return OnnxModule(path)
+    return onnx_variant(model, example, workdir, quantize)
 
 
 def _onnx_size(module: nn.Module) -> int:
-    from deepseek.export import onnx_size
-
-    return onnx_size(module.path)
+    return module.size_bytes()
 
 
 @torch.no_grad()

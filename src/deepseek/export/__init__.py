@@ -8,8 +8,10 @@ from deepseek.export.onnx import (
     export_program,
     onnx_session,
     onnx_size,
+    onnx_variant,
     optimize_onnx,
     quantize_onnx,
+    quantize_onnx_int4,
     run_onnx,
     verify_onnx,
 )
@@ -21,8 +23,10 @@ __all__ = [
     "export_program",
     "onnx_session",
     "onnx_size",
+    "onnx_variant",
     "optimize_onnx",
     "quantize_onnx",
+    "quantize_onnx_int4",
     "run_onnx",
     "verify_onnx",
 ]

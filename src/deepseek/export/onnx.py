@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import io
 import logging
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,12 +103,14 @@ def onnx_size(path: str | Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def onnx_session(path: str | Path) -> Any:
+def onnx_session(model: str | Path | bytes) -> Any:
+    """A CPU ONNX Runtime session for a model file or the model's bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
@@ -116,16 +119,57 @@ def run_onnx(session: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
 
 
 class OnnxModule(nn.Module):
-    """An ONNX Runtime session behind an ``nn.Module`` call: ``module(*tensors) -> first output``
-    as a torch tensor (CPU), so torch code can evaluate and time an exported model."""
+    """An ONNX Runtime session behind an ``nn.Module`` call, so torch code can evaluate and time it.
 
-    def __init__(self, path: str | Path) -> None:
+    ``module(*tensors)`` or ``module({name: tensor})`` -> the first output as a CPU torch tensor.
+    ``model`` is a file (kept where it is) or the serialized model's bytes (held in memory).
+    """
+
+    def __init__(self, model: str | Path | bytes) -> None:
         super().__init__()
-        self.path = Path(path)
-        self.session = onnx_session(path)
+        self.path = None if isinstance(model, bytes) else Path(model)
+        self.model_bytes = model if isinstance(model, bytes) else None
+        self.session = onnx_session(model)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: Any) -> torch.Tensor:
+        if len(inputs) == 1 and isinstance(inputs[0], dict):
+            inputs = tuple(inputs[0][i.name] for i in self.session.get_inputs())
         return torch.from_numpy(run_onnx(self.session, inputs)[0])
+
+    def size_bytes(self) -> int:
+        return len(self.model_bytes) if self.model_bytes is not None else onnx_size(self.path)  # type: ignore[arg-type]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` (with its external-data file, when it has one)."""
+        path = Path(path)
+        if self.model_bytes is not None:
+            path.write_bytes(self.model_bytes)
+            return path
+        shutil.copy(self.path, path)  # type: ignore[arg-type]
+        data = self.path.with_name(self.path.name + ".data")  # type: ignore[union-attr]
+        if data.exists():
+            shutil.copy(data, path.with_name(path.name + ".data"))
+        return path
+
+
+def onnx_variant(model: nn.Module, example: Any, workdir: str | Path, quantize: str | None = None) -> OnnxModule:
+    """``model`` exported (any batch size) and loaded in ONNX Runtime, optionally INT8 (dynamic) or INT4
+    (MatMulNBits). ``example``: a tensor, a tuple of tensors or a dict of tensors (MiniLM's inputs)."""
+    workdir = Path(workdir)
+    if isinstance(example, dict):
+        names, tensors = list(example), tuple(example.values())
+        model = TensorInputs(model, names).eval()
+    else:
+        tensors = example if isinstance(example, tuple) else (example,)
+        names = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
+    path = export_onnx(
+        model, tensors, workdir / "model.onnx", input_names=names, dynamic={n: {0: "batch"} for n in names}
+    )
+    if quantize == "int8":
+        path = quantize_onnx(path, workdir / "model.int8.onnx", model, tensors)["path"]
+    elif quantize == "int4":
+        path = quantize_onnx_int4(path, workdir / "model.int4.onnx")
+    return OnnxModule(path)
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
@@ -187,6 +231,29 @@ def quantize_onnx(
         else:
             candidate.unlink()
     return {"path": out, "weight_type": best, "max_abs_diff": tried[best], "tried": tried}
+
+
+def quantize_onnx_int4(path: str | Path, out: str | Path, block_size: int = 32) -> Path:
+    """ORT's 4-bit weight-only quantizer: MatMul weights become MatMulNBits blocks of ``block_size``."""
+    import onnx
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.level, root.handlers[:] = saved[0], saved[1]  # that module calls logging.basicConfig(INFO) on import
+
+    chatty = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")  # one INFO line per node
+    level, chatty.level = chatty.level, logging.WARNING
+    try:
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=4, block_size=block_size, is_symmetric=True)
+        quantizer.process()
+    finally:
+        chatty.level = level
+    if not any(node.op_type == "MatMulNBits" for node in quantizer.model.model.graph.node):
+        raise ValueError("no MatMul with constant weights to quantize (2-D Linear layers export as Gemm)")
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+    return Path(out)
 
 
 def export_program(
