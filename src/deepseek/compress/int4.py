@@ -7,6 +7,8 @@ dequantized to fp32 for each forward: an 8x smaller ``nn.Linear`` weight, not a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -47,11 +49,16 @@ class Int4Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
 
 
-def quantize_int4(model: nn.Module, group_size: int = 32) -> nn.Module:
-    """Replace every ``nn.Linear`` of ``model`` (in place) with :class:`Int4Linear`; returns ``model``."""
+def swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (in place) with ``make(linear)``; returns ``model``."""
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear):
-            setattr(model, name, Int4Linear(child, group_size))
+            setattr(model, name, make(child))
         else:
-            quantize_int4(child, group_size)
+            swap_linears(child, make)
     return model
+
+
+def quantize_int4(model: nn.Module, group_size: int = 32) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (in place) with :class:`Int4Linear`; returns ``model``."""
+    return swap_linears(model, lambda linear: Int4Linear(linear, group_size))

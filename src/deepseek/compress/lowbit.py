@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from deepseek.compress.int4 import swap_linears
+
 
 class TernaryLinear(nn.Module):
     """``nn.Linear`` whose weights are ``alpha[unit] * code`` with ``code`` in {-1, 0, +1}.
@@ -48,9 +50,4 @@ class TernaryLinear(nn.Module):
 
 def quantize_lowbit(model: nn.Module, binary: bool = False) -> nn.Module:
     """Replace every ``nn.Linear`` (in place) with :class:`TernaryLinear`; returns ``model``."""
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.Linear):
-            setattr(model, name, TernaryLinear(child, binary))
-        else:
-            quantize_lowbit(child, binary)
-    return model
+    return swap_linears(model, lambda linear: TernaryLinear(linear, binary))

@@ -16,9 +16,7 @@ within the budget in points. ``save_report`` writes ``report.json`` and a PNG ch
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from deepseek.compress.quantizer import Quantizer, size_bytes
+from deepseek.compress.quantizer import Quantizer, _median_ms, size_bytes
 
 LEVELS = ("fp32", "fp16", "bf16", "int8", "int4")
 
@@ -40,16 +38,6 @@ def _tensors(inputs: Any) -> tuple[list[str], tuple[torch.Tensor, ...]]:
 def _call(model: nn.Module, inputs: Any, positional: bool) -> torch.Tensor:
     out = model(*_tensors(inputs)[1]) if positional else model(inputs)
     return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _variants(
