@@ -97,3 +97,11 @@ def test_real_process_exits_2_without_traceback():
 def test_overrides_may_follow_options(capsys):
     assert main(["config", "validate", QUICKSTART, "--print", "optim.lr=0.5"]) == 0
     assert "lr: 0.5" in capsys.readouterr().out
+
+
+def test_a_schedule_that_no_longer_fits_the_run_is_a_config_error(tmp_path, capsys):
+    argv = ["train", QUICKSTART, "--run-dir", str(tmp_path / "run"), "train.max_steps=2", "train.max_epochs=null",
+            "scheduler.warmup_steps=20"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "scheduler (warmup_cosine)" in err and "warmup_steps" in err

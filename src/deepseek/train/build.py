@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -73,7 +74,13 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str |
     scheduler = None
     if cfg.scheduler is not None:
         s = cfg.scheduler
-        scheduler = lambda opt, total: build_scheduler(s.name, opt, total, **s.kwargs)  # noqa: E731
+
+        def scheduler(opt: torch.optim.Optimizer, total: int) -> Any:
+            try:
+                return build_scheduler(s.name, opt, total, **s.kwargs)
+            except ValueError as err:  # e.g. a warm-up longer than a run shortened by an override
+                raise ConfigError([f"scheduler ({s.name}): {err}"]) from err
+
     early = EarlyStopping(**t.early_stopping.model_dump()) if t.early_stopping is not None else None
     trainer = Trainer(
         model,
