@@ -21,7 +21,7 @@ from deepseek.cli.errors import UsageError
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from deepseek.compress.report import HEADER, LEVELS, _variants, compare, pick, save_report
+    from deepseek.compress.report import HEADER, LEVELS, compare, pick, save_report, variants
     from deepseek.config import load_config
     from deepseek.train.build import build_loaders, build_model, load_trained_weights
     from deepseek.train.distributed import DistInfo
@@ -52,7 +52,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             print(f"no variant is within {args.max_accuracy_drop} points of fp32")
             return 1
         with tempfile.TemporaryDirectory() as tmp:
-            build, _, _ = _variants(model, chosen["level"], calib, val_batches[0][0], args.method, Path(tmp))[
+            build, _, _ = variants(model, chosen["level"], calib, val_batches[0][0], args.method, Path(tmp))[
                 chosen["backend"]
             ]
             saved = _save(build(), out, val_batches[0][0])
@@ -64,7 +64,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def _save(variant: Any, out: Path, example: Any) -> Path:
     import torch
 
-    from deepseek.compress.quantizer import _batch_dynamic
+    from deepseek.compress.quantizer import batch_dynamic_shapes
     from deepseek.jit_compile import unjit
 
     if hasattr(variant, "session"):  # an ONNX Runtime row: the ONNX file is the artifact
@@ -75,7 +75,7 @@ def _save(variant: Any, out: Path, example: Any) -> Path:
     except (AttributeError, TypeError, pickle.PicklingError):  # a pt2e graph does not pickle: export it
         (out / "model.pt").unlink(missing_ok=True)
         args = example if isinstance(example, tuple) else (example,)
-        program = torch.export.export(unjit(variant), args, dynamic_shapes=_batch_dynamic(args))
+        program = torch.export.export(unjit(variant), args, dynamic_shapes=batch_dynamic_shapes(args))
         torch.export.save(program, str(out / "model.pt2"))
         return out / "model.pt2"
 

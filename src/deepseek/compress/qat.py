@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from deepseek.compress.quantizer import _batch_dynamic, _drop_unused
+from deepseek.compress.quantizer import batch_dynamic_shapes, drop_unused_weights
 from deepseek.jit_compile import jit
 
 
@@ -47,7 +47,7 @@ def prepare_qat(model: nn.Module, example_inputs: Any) -> QATModel:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    graph = torch.export.export(model.train(), args, dynamic_shapes=_batch_dynamic(args)).module()
+    graph = torch.export.export(model.train(), args, dynamic_shapes=batch_dynamic_shapes(args)).module()
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=True))
     return QATModel(prepare_qat_pt2e(graph, quantizer)).train()
 
@@ -57,4 +57,4 @@ def convert(model: QATModel) -> nn.Module:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     model.eval()
-    return jit(_drop_unused(convert_pt2e(model.graph)))
+    return jit(drop_unused_weights(convert_pt2e(model.graph)))

@@ -185,7 +185,7 @@ class Quantizer:
         args = self.example if isinstance(self.example, tuple) else (self.example,)
         with torch.no_grad():
             graph = torch.export.export(
-                copy.deepcopy(self.model).eval(), args, dynamic_shapes=_batch_dynamic(args)
+                copy.deepcopy(self.model).eval(), args, dynamic_shapes=batch_dynamic_shapes(args)
             ).module()
             try:
                 prepared = prepare_pt2e(graph, quantizer)
@@ -196,7 +196,7 @@ class Quantizer:
                 ) from err
             for x in self.calib or [self.example]:
                 prepared(*(x if isinstance(x, tuple) else (x,)))
-            converted = _drop_unused(convert_pt2e(prepared))
+            converted = drop_unused_weights(convert_pt2e(prepared))
         return jit(converted)  # inductor turns the quantize/dequantize pairs into int8 kernels
 
     def _onnxruntime(self) -> nn.Module:
@@ -226,7 +226,7 @@ class Quantizer:
     def _fastest(self, candidates: dict[str, Any]) -> nn.Module:
         x = self.example if isinstance(self.example, tuple) else (self.example,)
         reference = self.model(*x)
-        base_ms = _median_ms(lambda: self.model(*x))
+        base_ms = median_ms(lambda: self.model(*x))
         measured: dict[str, dict[str, float]] = {}
         built: dict[str, nn.Module] = {}
         for name, build in candidates.items():
@@ -237,7 +237,7 @@ class Quantizer:
                 measured[name] = {"error": f"{type(err).__name__}: {err}".splitlines()[0]}  # type: ignore[dict-item]
                 continue
             error = float((out.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
-            ms = _median_ms(lambda m=model: m(*x))
+            ms = median_ms(lambda m=model: m(*x))
             measured[name] = {"ms": ms, "speedup": base_ms / ms, "rel_error": error, "size_bytes": size_bytes(model)}
             built[name] = model
         if not built:
@@ -252,7 +252,7 @@ class Quantizer:
         return built[pick]
 
 
-def _drop_unused(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def drop_unused_weights(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Delete the fp32 weights that conversion replaced by int8 constants (no node reads them)."""
     graph.graph.eliminate_dead_code()
     used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
@@ -264,7 +264,7 @@ def _drop_unused(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return graph
 
 
-def _batch_dynamic(args: tuple) -> tuple:
+def batch_dynamic_shapes(args: tuple) -> tuple:
     """Any batch size: axis 0 of every tensor input (and of every tensor in a dict input) is dynamic."""
 
     def spec(a: Any) -> Any:
@@ -275,7 +275,7 @@ def _batch_dynamic(args: tuple) -> tuple:
     return tuple(spec(a) for a in args)
 
 
-def _median_ms(fn: Any, repeats: int = 10) -> float:
+def median_ms(fn: Any, repeats: int = 10) -> float:
     fn()
     times = []
     for _ in range(repeats):

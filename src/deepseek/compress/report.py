@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from deepseek.compress.quantizer import Quantizer, _median_ms, size_bytes
+from deepseek.compress.quantizer import Quantizer, median_ms, size_bytes
 
 LEVELS = ("fp32", "fp16", "bf16", "int8", "int4")
 
@@ -40,7 +40,7 @@ def _call(model: nn.Module, inputs: Any, positional: bool) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _variants(
+def variants(
     model: nn.Module, level: str, calib: list[Any], example: Any, method: str, workdir: Path
 ) -> dict[str, tuple[Callable[[], nn.Module], bool, Callable[[nn.Module], int]]]:
     """``{backend: (build, takes positional tensors, size in bytes)}`` for one level."""
@@ -100,9 +100,7 @@ def compare(
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for level in levels:
-            for backend, (build, positional, size) in _variants(
-                model, level, calib, example, method, Path(tmp)
-            ).items():
+            for backend, (build, positional, size) in variants(model, level, calib, example, method, Path(tmp)).items():
                 row: dict[str, Any] = {"level": level, "backend": backend}
                 try:
                     variant = build()
@@ -113,7 +111,7 @@ def compare(
                         else None
                     )
                     cosine = torch.cat([nn.functional.cosine_similarity(o, r, dim=-1) for o, r in zip(outs, reference)])
-                    ms = _median_ms(lambda v=variant, p=positional: _call(v, example, p), repeats)
+                    ms = median_ms(lambda v=variant, p=positional: _call(v, example, p), repeats)
                     accuracy = correct / sum(len(y) for _, y in batches) if correct is not None else None
                     row.update(accuracy=accuracy, cosine=float(cosine.mean()),
                                size_mb=size(variant) / 1e6, latency_ms=ms)  # fmt: skip
