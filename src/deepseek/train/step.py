@@ -59,6 +59,9 @@ class OptimizerStep:
         scaler = policy.scaler
         self._scale_loss = scaler.scale if scaler is not None else getattr(optimizer, "scale_loss", None)
         self._observe = getattr(policy, "observe", None)
+        # Looked up once, not per step: MixedPrecision clips its fp32 masters and reports its own skips.
+        self._clip = getattr(optimizer, "clip_grad_norm_", None)
+        self._reports_skips = hasattr(optimizer, "step_was_skipped")
         self.events: list[dict[str, Any]] = []
         self.skipped_steps = 0
 
@@ -91,10 +94,9 @@ class OptimizerStep:
         if self.grad_clip_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
-            clip = getattr(self.optimizer, "clip_grad_norm_", None)  # MixedPrecision clips its fp32 masters
             self.grad_norm = (
-                clip(self.grad_clip_norm)
-                if clip is not None
+                self._clip(self.grad_clip_norm)
+                if self._clip is not None
                 else torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
             )
         skipped = False
@@ -106,8 +108,9 @@ class OptimizerStep:
             scaler.update()
         else:
             self.optimizer.step()
-            skipped = bool(getattr(self.optimizer, "step_was_skipped", False))  # MixedPrecision's own scaling
-        self.skipped_steps += skipped
+            skipped = self._reports_skips and self.optimizer.step_was_skipped
+        if skipped:
+            self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         if skipped:  # like Accelerate: a skipped step does not advance the schedule or the EMA
             return logged, local
