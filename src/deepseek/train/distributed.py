@@ -54,6 +54,20 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size())
 
 
+def shutdown_distributed(*, wait: bool = True) -> None:
+    """Leave the process group, after a barrier when ``wait`` (the normal end of a run).
+
+    Without this a rank that finishes first exits with gloo's threads still running and can die
+    with SIGABRT ("terminate called without an active exception") while rank 0 is still writing.
+    On an error path pass ``wait=False``: a barrier would hang waiting for a rank that is gone.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum ``t`` over ranks in place (a no-op in a world of one)."""
     if info.enabled:
