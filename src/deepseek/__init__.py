@@ -58,6 +58,10 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Tensor functions and dtypes the reference documents use (``ds.cat``, ``ds.tensor``) are torch's."""
+    if name in ("compress", "export", "serve"):  # heavier stages load on first use: ds.serve.Client
+        import importlib
+
+        return importlib.import_module(f"deepseek.{name}")
     if not name.startswith("__") and hasattr(_torch, name):
         return getattr(_torch, name)
     raise AttributeError(f"module 'deepseek' has no attribute '{name}' (nor has torch)")

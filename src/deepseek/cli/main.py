@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from deepseek.cli import compress_cmd, export_cmd
+from deepseek.cli import compress_cmd, export_cmd, serve_cmd
 from deepseek.cli.errors import UsageError
 
 BUNDLED_CONFIG = "quickstart.yaml"
@@ -47,6 +47,7 @@ def _latest_run_dir() -> Path | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
     from deepseek.train.build import build_run
+    from deepseek.train.distributed import shutdown_distributed
 
     path, overrides = _config_and_overrides(args)
     cfg = load_config(path, overrides)
@@ -59,7 +60,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = build_run(cfg, run_dir, progress=args.progress)
     if run.trainer.run_dir is not None and os.environ.get("RANK", "0") == "0":
         print(f"run directory: {run_dir}", flush=True)
-    run.trainer.fit(run.train_loader, run.val_loader, resume=args.resume)
+    try:
+        run.trainer.fit(run.train_loader, run.val_loader, resume=args.resume)
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
+    shutdown_distributed()
     return 0
 
 
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export_cmd.add_parser(sub)
     compress_cmd.add_parser(sub)
+    serve_cmd.add_parser(sub)
     p = sub.add_parser("launch", help="run `deepseek train` under torchrun on N local processes")
     p.add_argument("--nproc", type=int, required=True, help="processes on this machine")
     train_like(p)
@@ -203,10 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, os.getcwd())  # import paths in configs may name the user's own modules
-    from deepseek.config import ConfigError
-    from deepseek.registry import RegistryError
-    from deepseek.train.checkpoint import CheckpointError
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options too (`eval CFG --checkpoint X optim.lr=1`); argparse stops at them.
@@ -217,6 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if overrides:
         setattr(args, target, [*getattr(args, target), *overrides])
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command; user errors print ``error: ...`` and exit with code 2, never a traceback."""
+    from deepseek.config import ConfigError
+    from deepseek.registry import RegistryError
+    from deepseek.train.checkpoint import CheckpointError
+
     try:
         return args.fn(args)
     except ConfigError as exc:

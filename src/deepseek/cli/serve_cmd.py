@@ -1,0 +1,89 @@
+"""``deepseek-serve --model_dir DIR --port 8080`` (also ``deepseek serve``): the model directory over HTTP.
+
+Binds 127.0.0.1 unless ``--host`` says otherwise; ``--api-key`` (or ``DEEPSEEK_SERVE_API_KEY``)
+makes every route but the health checks and docs answer 401 without it. ``--port 0`` takes a free
+port; the ``listening on`` line says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deepseek.cli.errors import UsageError
+
+API_KEY_ENV = "DEEPSEEK_SERVE_API_KEY"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from deepseek.serve import ModelDirError, ServeSettings, create_app, discover
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"serving needs the serve extra ({exc.name} is missing): pip install 'deepseek-framework[serve]'"
+        ) from None
+    if args.max_batch_size < 1 or args.max_delay_ms < 0 or args.max_queue < 1 or args.timeout_s <= 0:
+        raise UsageError("--max-batch-size and --max-queue must be >= 1, --max-delay-ms >= 0, --timeout-s > 0")
+    model_dir = Path(args.model_dir)
+    try:
+        models = discover(model_dir)
+    except ModelDirError as exc:
+        raise UsageError(str(exc)) from None
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {args.host} with no API key: anyone who can reach it can use it", file=sys.stderr)
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+        timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 2**20), api_key=api_key,
+        jobs_db=args.jobs_db or (model_dir / ".serve" / "jobs.sqlite"),
+    )  # fmt: skip
+    try:
+        sock = socket.create_server((args.host, args.port))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    port = sock.getsockname()[1]
+    names = sorted({f"{m.name}:{m.version}" for m in models})
+    print(f"deepseek-serve: {len(names)} model(s): {', '.join(names)}", flush=True)
+    print(f"listening on http://{args.host}:{port} (docs: /docs, batching: max {args.max_batch_size}, "
+          f"{args.max_delay_ms:g} ms)", flush=True)  # fmt: skip
+    config = uvicorn.Config(create_app(models, settings), log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=5)  # fmt: skip
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model_dir", "--model-dir", dest="model_dir", required=True,
+                   help="a run directory, a folder of runs/.onnx/.pt2 files, or one with serve.yaml")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="default 8080; 0 picks a free port")
+    p.add_argument("--api-key", default=None, help=f"require this key (or set {API_KEY_ENV})")
+    p.add_argument("--max-batch-size", type=int, default=32, help="samples per forward pass; 1 turns batching off")
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
+    p.add_argument("--max-queue", type=int, default=256, help="queued samples per model before 429 (default 256)")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="a request's default time budget before 504")
+    p.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body (default 1 MiB) before 413")
+    p.add_argument("--jobs-db", default=None, help="SQLite file of async jobs (default MODEL_DIR/.serve/jobs.sqlite)")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(fn=cmd_serve)
+
+
+def add_parser(sub: Any) -> None:
+    add_arguments(sub.add_parser("serve", help="serve a model directory over HTTP (same as deepseek-serve)"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``deepseek-serve`` command."""
+    from deepseek.cli.main import run_command
+
+    sys.path.insert(0, os.getcwd())  # a serve.yaml may name the user's own model classes (module:Class)
+    parser = argparse.ArgumentParser(prog="deepseek-serve", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))

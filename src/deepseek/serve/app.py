@@ -1,0 +1,332 @@
+"""The FastAPI app: sync predictions, SQLite-backed jobs, Server-Sent Event streams, health and metrics.
+
+Routes (``{name}`` is a model; ``/versions/{version}`` may follow it, else its first version):
+
+- ``POST /v1/models/{name}/predict`` ``{"instances": [...], "parameters": {...}, "timeout_s": 5}``
+- ``POST /v1/models/{name}/jobs`` -> 202 ``{"id"}``; ``GET`` / ``DELETE /v1/jobs/{id}``
+- ``POST /v1/models/{name}/stream`` -> ``text/event-stream``: a decoder's tokens, or one result per instance
+- ``GET /v1/models``, ``/v1/models/{name}``, ``/healthz``, ``/readyz``, ``/metrics``, ``/docs``
+
+Status codes: 422 spec violation, 413 body too large, 429 queue full (Retry-After), 504 over the
+time budget, 500 the model raised (that request only), 401 API key, 404 unknown model or job,
+503 still warming up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from deepseek.serve.batching import Batcher, QueueFull
+from deepseek.serve.guard import Guard
+from deepseek.serve.jobs import FINAL, JobStore
+from deepseek.serve.metrics import ServeMetrics
+from deepseek.serve.model import ServedModel
+from deepseek.serve.spec import SpecError
+
+log = logging.getLogger("deepseek.serve")
+
+
+@dataclass
+class ServeSettings:
+    max_batch_size: int = 32  # 1 turns dynamic batching off
+    max_delay_ms: float = 5.0
+    max_queue: int = 256  # samples queued per model before 429
+    timeout_s: float = 30.0
+    max_body_bytes: int = 1 << 20
+    api_key: str | None = None
+    jobs_db: str | Path = "deepseek-serve-jobs.sqlite"
+    job_workers: int = 4
+    max_queued_jobs: int = 10_000
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Any] = Field(description="one entry per sample: a nested list, an object of them, or a string")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="decoders: max_new_tokens, temperature, top_k")
+    timeout_s: float | None = Field(None, gt=0, le=3600, description="time budget of this request (504 past it)")
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+class Server:
+    """The models, their batchers, the job store and workers of one app."""
+
+    def __init__(self, models: list[ServedModel], settings: ServeSettings, metrics: ServeMetrics) -> None:
+        self.settings, self.metrics, self.ready = settings, metrics, False
+        self.models: dict[str, dict[str, ServedModel]] = {}
+        for m in models:
+            self.models.setdefault(m.name, {})[m.version] = m
+        self.batchers: dict[int, Batcher] = {}
+        self.store: JobStore | None = None
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+
+    def lookup(self, name: str, version: str | None) -> tuple[ServedModel, Batcher]:
+        if name not in self.models:
+            raise HTTPProblem(404, f"no model '{name}'; served: {', '.join(sorted(self.models))}")
+        versions = self.models[name]
+        if version is None:
+            version = next(iter(versions))
+        if version not in versions:
+            raise HTTPProblem(404, f"model '{name}' has no version '{version}'; it has {', '.join(versions)}")
+        if not self.ready:
+            raise HTTPProblem(503, "warming up; see /readyz", {"Retry-After": "1"})
+        m = versions[version]
+        return m, self.batchers[id(m.module)]
+
+    async def start(self) -> None:
+        s = self.settings
+        for versions in self.models.values():
+            for m in versions.values():
+                if id(m.module) not in self.batchers:  # names that share a model share its batcher
+                    size = m.settings.get("max_batch_size", s.max_batch_size)
+                    delay = m.settings.get("max_delay_ms", s.max_delay_ms if size > 1 else 0.0)
+                    queue = m.settings.get("max_queue", s.max_queue)
+                    b = Batcher(m, size, delay, queue, self.metrics.batch_observer(m.name))
+                    b.start()
+                    self.batchers[id(m.module)] = b
+        self.store = JobStore(s.jobs_db)
+        recovered = self.store.recover()
+        if recovered:
+            log.warning("re-queued %d job(s) a previous server was running", recovered)
+        self.tasks.append(asyncio.get_running_loop().create_task(self._warm_up()))
+
+    async def _warm_up(self) -> None:
+        for versions in self.models.values():
+            for m in versions.values():
+                await self.batchers[id(m.module)].run_alone(m.warm_up)
+        self.ready = True
+        loop = asyncio.get_running_loop()
+        self.tasks += [loop.create_task(self._job_worker()) for _ in range(self.settings.job_workers)]
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for b in self.batchers.values():
+            await b.stop()
+        if self.store is not None:
+            self.store.close()
+
+    async def infer(
+        self, m: ServedModel, batcher: Batcher, samples: list, params: dict, timeout_s: float | None
+    ) -> list:
+        timeout = timeout_s or m.settings.get("timeout_s") or self.settings.timeout_s
+        gauge = self.metrics.queue_depth.labels(m.name)
+        gauge.set(batcher.queued + len(samples))
+        try:
+            return await asyncio.wait_for(batcher.submit(samples, params), timeout)
+        except QueueFull as exc:
+            raise HTTPProblem(429, str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
+        except TimeoutError:
+            raise HTTPProblem(504, f"no result within the {timeout:g} s time budget") from None
+        except Exception as exc:
+            log.exception("model '%s' raised", m.name)
+            raise HTTPProblem(500, f"model '{m.name}' raised {type(exc).__name__}: {exc}") from None
+        finally:
+            gauge.set(batcher.queued)
+
+    async def _job_worker(self) -> None:
+        assert self.store is not None
+        while True:
+            job = self.store.claim()
+            self.update_job_gauge()
+            if job is None:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), 1.0)
+                continue
+            try:
+                m, batcher = self.lookup(job["model"], job["version"])
+                req = job["request"]
+                samples, params = m.parse(req["instances"], req.get("parameters"))
+                while True:
+                    try:
+                        result = await self.infer(m, batcher, samples, params, req.get("timeout_s"))
+                        break
+                    except HTTPProblem as exc:  # a full queue delays a job; it does not fail it
+                        if exc.status != 429 or self.store.get(job["id"])["status"] == "cancelled":
+                            raise
+                        await asyncio.sleep(0.05)
+                self.store.finish(job["id"], result=result)
+            except HTTPProblem as exc:
+                self.store.finish(job["id"], error=f"{exc.status}: {exc.message}")
+            except SpecError as exc:
+                self.store.finish(job["id"], error=f"422: {exc}")
+
+    def update_job_gauge(self) -> None:
+        if self.store is not None:
+            for state, n in self.store.counts().items():
+                self.metrics.jobs.labels(state).set(n)
+
+
+def create_app(models: list[ServedModel], settings: ServeSettings | None = None) -> Any:
+    """The ASGI app (FastAPI behind :class:`Guard`) serving ``models``."""
+    settings = settings or ServeSettings()
+    metrics = ServeMetrics()
+    server = Server(models, settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        await server.start()
+        yield
+        await server.stop()
+
+    app = FastAPI(title="deepseek-serve", version="1", lifespan=lifespan,
+                  description="Models of a deepseek model directory: sync, async jobs and streaming.")  # fmt: skip
+    app.state.server = server
+
+    @app.exception_handler(HTTPProblem)
+    async def problem(request: Request, exc: HTTPProblem) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(SpecError)
+    async def spec_error(request: Request, exc: SpecError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        hint = 'expected JSON like {"instances": [...], "parameters": {}, "timeout_s": 5}'
+        return JSONResponse(
+            {"error": "; ".join(parts) + f" ({hint})", "detail": json.loads(json.dumps(exc.errors(), default=str))}, 422
+        )
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        return JSONResponse({"ready": server.ready}, 200 if server.ready else 503)
+
+    @app.get("/metrics", tags=["health"])
+    async def prometheus() -> PlainTextResponse:
+        server.update_job_gauge()
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models() -> dict[str, Any]:
+        return {"models": [m.describe() for versions in server.models.values() for m in versions.values()]}
+
+    @app.get("/v1/models/{name}", tags=["models"])
+    async def describe(name: str) -> dict[str, Any]:
+        if name not in server.models:
+            raise HTTPProblem(404, f"no model '{name}'; served: {', '.join(sorted(server.models))}")
+        return {"name": name, "versions": [m.describe() for m in server.models[name].values()]}
+
+    @app.post("/v1/models/{name}/predict", tags=["inference"])
+    @app.post("/v1/models/{name}/versions/{version}/predict", tags=["inference"])
+    async def predict(name: str, body: PredictRequest, version: str | None = None) -> dict[str, Any]:
+        m, batcher = server.lookup(name, version)
+        samples, params = m.parse(body.instances, body.parameters)
+        results = await server.infer(m, batcher, samples, params, body.timeout_s)
+        return {"model": name, "version": m.version, "predictions": results}
+
+    @app.post("/v1/models/{name}/jobs", status_code=202, tags=["jobs"])
+    @app.post("/v1/models/{name}/versions/{version}/jobs", status_code=202, tags=["jobs"])
+    async def submit_job(name: str, body: PredictRequest, version: str | None = None) -> JSONResponse:
+        m, _ = server.lookup(name, version)
+        m.parse(body.instances, body.parameters)  # a bad request is refused now, not failed later
+        assert server.store is not None
+        if server.store.counts()["queued"] >= settings.max_queued_jobs:
+            raise HTTPProblem(429, f"{settings.max_queued_jobs} jobs are queued already", {"Retry-After": "5"})
+        job_id = server.store.submit(name, m.version, body.model_dump())
+        server.wake.set()
+        return JSONResponse({"id": job_id, "status": "queued"}, 202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(job_id: str) -> dict[str, Any]:
+        job = server.store.get(job_id) if server.store else None
+        if job is None:
+            raise HTTPProblem(404, f"no job '{job_id}'")
+        return job
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    async def cancel_job(job_id: str) -> JSONResponse:
+        assert server.store is not None
+        before = server.store.get(job_id)
+        if before is None:
+            raise HTTPProblem(404, f"no job '{job_id}'")
+        if before["status"] in FINAL:
+            raise HTTPProblem(409, f"job '{job_id}' is {before['status']} already")
+        server.store.cancel(job_id)
+        return JSONResponse(server.store.get(job_id))
+
+    @app.post("/v1/models/{name}/stream", tags=["inference"], response_class=StreamingResponse)
+    @app.post("/v1/models/{name}/versions/{version}/stream", tags=["inference"], response_class=StreamingResponse)
+    async def stream(name: str, body: PredictRequest, version: str | None = None) -> StreamingResponse:
+        m, batcher = server.lookup(name, version)
+        samples, params = m.parse(body.instances, body.parameters)
+        if m.generative and len(samples) != 1:
+            raise HTTPProblem(422, f"'instances': a stream generates from one prompt, got {len(samples)}")
+        events = (
+            _tokens(server, m, batcher, samples[0], params) if m.generative else _chunks(server, m, batcher, samples)
+        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+    return Guard(app, settings.api_key, settings.max_body_bytes, metrics)
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def _tokens(server: Server, m: ServedModel, batcher: Batcher, sample: dict, params: dict) -> Any:
+    """A decoder's tokens as ``token`` events, then ``done`` with all of them (or ``error``)."""
+    loop = asyncio.get_running_loop()
+    start, ids, texts = loop.time(), [], []
+    tokens = m.stream(sample, params)
+
+    def step() -> Any:
+        with torch.no_grad():
+            return next(tokens, None)
+
+    try:
+        while (event := await batcher.run_alone(step)) is not None:
+            if not ids:
+                server.metrics.first_event.labels(m.name).observe(loop.time() - start)
+            ids.append(event["token_id"])
+            texts.append(event.get("text", ""))
+            yield sse("token", event)
+        done: dict[str, Any] = {"token_ids": ids}
+        if m.tokenizer is not None:
+            done["text"] = m.tokenizer.decode(ids)
+        yield sse("done", done)
+    except Exception as exc:
+        log.exception("stream of model '%s' failed", m.name)
+        yield sse("error", {"error": f"model '{m.name}' raised {type(exc).__name__}: {exc}"})
+    finally:
+        tokens.close()
+
+
+async def _chunks(server: Server, m: ServedModel, batcher: Batcher, samples: list) -> Any:
+    """A long input given as chunks: one ``result`` event per chunk as soon as it is ready, then ``done``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        for i, sample in enumerate(samples):
+            (result,) = await server.infer(m, batcher, [sample], {}, None)
+            if i == 0:
+                server.metrics.first_event.labels(m.name).observe(loop.time() - start)
+            yield sse("result", {"index": i, "prediction": result})
+        yield sse("done", {"chunks": len(samples)})
+    except HTTPProblem as exc:
+        yield sse("error", {"error": exc.message, "status": exc.status})

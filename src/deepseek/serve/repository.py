@@ -1,0 +1,249 @@
+"""Find and load the models of a ``--model_dir``.
+
+A model directory is one of:
+
+- a run directory written by ``deepseek train`` (``config.yaml`` + ``final/model.safetensors``): its
+  model is served as ``default`` and under the run's name, version ``1``; ONNX files beside it
+  (``model.onnx``, ``model.int8.onnx`` from ``deepseek export --quantize int8``) are further versions
+  (``onnx``, ``int8``) with the same pre/post-processing;
+- a folder of such run directories, ``.onnx`` files and ``.pt2`` programs, each served under its name;
+- a folder with a ``serve.yaml`` manifest naming each model, its version, and what the files cannot
+  tell: input spec, label names, tokenizer, batching limits (see :class:`Entry`).
+
+A run's input spec, label names and text pre-processing come from its config: one validation sample
+of its dataset gives the shapes and dtypes, ``data.preprocess`` the tokenizer.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deepseek.serve.model import ServedModel, text_encoder
+from deepseek.serve.spec import InputSpec, SpecError, TensorSpec, spec_from_json, spec_from_sample
+
+MANIFEST = "serve.yaml"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ModelDirError(ValueError):
+    """A model directory or manifest the server cannot load (the CLI prints it and exits with code 2)."""
+
+
+class Entry(BaseModel):
+    """One model in ``serve.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME)
+    path: str
+    version: str = Field("1", pattern=NAME)
+    model: dict[str, Any] | None = None  # registry name + kwargs, for a bare .safetensors file
+    inputs: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    tokenizer: str | None = None  # "minilm" or a tokenizer.json path: text in and out of a decoder
+    max_instances: int = Field(64, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    max_batch_size: int | None = Field(None, ge=1)
+    max_delay_ms: float | None = Field(None, ge=0)
+    max_queue: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: list[Entry] = Field(min_length=1)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and (path / "final" / "model.safetensors").is_file()
+
+
+def discover(model_dir: str | Path) -> list[ServedModel]:
+    """Every model in ``model_dir`` (several names may share one loaded model)."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ModelDirError(f"--model_dir '{root}': no such directory")
+    if (root / MANIFEST).is_file():
+        return load_manifest(root / MANIFEST)
+    if is_run_dir(root):
+        return load_run_versions(root, ["default", _safe(root.resolve().name)])
+    found: list[ServedModel] = []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and is_run_dir(child):
+            found += load_run_versions(child, [_safe(child.name)])
+        elif child.suffix in (".onnx", ".pt2") and child.is_file():
+            found.append(load_file(child, _safe(child.name.removesuffix(child.suffix)), "1"))
+    if not found:
+        raise ModelDirError(f"--model_dir '{root}': no {MANIFEST}, run directory (config.yaml + final/model.safetensors), "
+                            ".onnx or .pt2 file in it")  # fmt: skip
+    return found
+
+
+def load_manifest(path: Path) -> list[ServedModel]:
+    try:
+        manifest = Manifest.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise ModelDirError(f"{path}: {_explain(exc)}") from None
+    out = []
+    for i, e in enumerate(manifest.models):
+        where = f"{path.name}: models[{i}] ({e.name})"
+        try:
+            out.append(load_entry(e, path.parent))
+        except (SpecError, FileNotFoundError, KeyError, ValueError) as exc:
+            raise ModelDirError(f"{where}: {exc}") from None
+    seen: set[tuple[str, str]] = set()
+    for m in out:
+        if (m.name, m.version) in seen:
+            raise ModelDirError(f"{path.name}: model '{m.name}' version '{m.version}' is listed twice")
+        seen.add((m.name, m.version))
+    return out
+
+
+def load_entry(e: Entry, root: Path) -> ServedModel:
+    path = (root / e.path).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"path '{e.path}': no such file or directory under {root}")
+    if path.is_dir():
+        if not is_run_dir(path):
+            raise ValueError(f"path '{e.path}': a directory must be a run (config.yaml + final/model.safetensors)")
+        m = load_run(path, e.name, e.version)
+    elif path.suffix == ".safetensors":
+        if not e.model or "name" not in e.model:
+            raise ValueError("a .safetensors path needs `model: {name: <registered model>, ...kwargs}`")
+        from deepseek.registry import models as model_registry
+        from deepseek.train.checkpoint import load_weights
+
+        kwargs = {k: v for k, v in e.model.items() if k != "name"}
+        module = model_registry.build(e.model["name"], **kwargs)
+        load_weights(module, path)
+        if callable(getattr(module, "stream", None)):
+            spec = _decoder_spec(module)
+        elif e.inputs is None:
+            raise ValueError("a model that is not a decoder needs `inputs: {name: {shape: [...], dtype: ...}}`")
+        else:
+            spec = InputSpec(spec_from_json(e.inputs, "inputs"))
+        m = ServedModel(e.name, e.version, module.eval(), spec, str(path))
+    else:
+        m = load_file(path, e.name, e.version)
+    if e.tokenizer is not None:
+        from deepseek.data.transforms.text import load_tokenizer
+
+        m.tokenizer = load_tokenizer(e.tokenizer)
+        if m.generative:
+            m.spec.text, m.spec.preprocess = True, text_encoder(m.tokenizer)
+    if e.inputs is not None:
+        m.spec.tensors = spec_from_json(e.inputs, "inputs")
+    m.labels = e.labels or m.labels
+    m.spec.max_instances, m.max_new_tokens = e.max_instances, e.max_new_tokens
+    m.settings = {
+        k: v for k in ("max_batch_size", "max_delay_ms", "max_queue", "timeout_s") if (v := getattr(e, k)) is not None
+    }
+    return m
+
+
+def load_run_versions(run_dir: Path, names: list[str]) -> list[ServedModel]:
+    """The run's torch model as version ``1``, and each ONNX file beside it as a version of its own."""
+    base = load_run(run_dir, names[0], "1")
+    variants = [base]
+    for onnx in sorted(run_dir.glob("*.onnx")):
+        label = _safe(onnx.name.removesuffix(".onnx").removeprefix("model.").replace("model", "onnx"))
+        variants.append(_onnx_like(base, onnx, label))
+    out = []
+    for name in names:
+        for v in variants:
+            out.append(v if name == names[0] else ServedModel(**{**v.__dict__, "name": name}))
+    return out
+
+
+def load_run(run_dir: Path, name: str, version: str) -> ServedModel:
+    from deepseek.config import load_config
+    from deepseek.data import Pipeline
+    from deepseek.data.datasets import build_dataset
+    from deepseek.train.build import build_model, load_trained_weights
+
+    cfg = load_config(run_dir / "config.yaml")
+    module = load_trained_weights(build_model(cfg), run_dir / "final" / "model.safetensors").eval()
+    if callable(getattr(module, "stream", None)):
+        return ServedModel(name, version, module, _decoder_spec(module), str(run_dir))
+    splits = build_dataset(cfg.data.name, **cfg.data.kwargs)
+    x = (splits.val if splits.val is not None and len(splits.val) else splits.train)[0][0]
+    prep = Pipeline(cfg.data.preprocess, seed=0) if cfg.data.preprocess else None
+    text = isinstance(x, str)
+    if text and prep is None:
+        raise ModelDirError(f"{run_dir}: the dataset gives text but data.preprocess has no tokenizer")
+    sample = prep(x) if text else x
+    sample = sample if isinstance(sample, dict) else {"input": sample}
+    axes = {k: list(range(t.ndim)) for k, t in sample.items()} if text else None  # token axes may vary
+    spec = InputSpec(spec_from_sample(sample, axes), text=text, preprocess=prep)
+    classes = (splits.info or {}).get("classes") or (
+        [str(i) for i in range(splits.num_classes)] if splits.num_classes else None
+    )
+    return ServedModel(name, version, module, spec, str(run_dir), labels=classes)
+
+
+def load_file(path: Path, name: str, version: str) -> ServedModel:
+    """An ``.onnx`` file (ONNX Runtime) or a ``.pt2`` program; the spec comes from the graph's inputs."""
+    if path.suffix == ".onnx":
+        from deepseek.export import OnnxModule
+
+        module = OnnxModule(path)
+        inputs = module.session.get_inputs()
+        tensors = {i.name: TensorSpec([d if isinstance(d, int) else None for d in i.shape[1:]], _ort_dtype(i.type))
+                   for i in inputs}  # fmt: skip
+        first = inputs[0].shape[0] if inputs else None
+        fixed = first if isinstance(first, int) else None
+        return ServedModel(name, version, module, InputSpec(tensors), str(path), "onnxruntime", fixed_batch=fixed)
+    if path.suffix == ".pt2":
+        try:
+            import torchao.quantization.pt2e  # noqa: F401  (registers the int8 ops a quantized program uses)
+        except ImportError:
+            pass
+        program = torch.export.load(str(path))
+        names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        vals = {n.name: n.meta["val"] for n in program.graph.nodes if n.op == "placeholder" and n.name in names}
+        tensors = {n: TensorSpec([d if isinstance(d, int) else None for d in vals[n].shape[1:]],
+                                 str(vals[n].dtype).removeprefix("torch.")) for n in names}  # fmt: skip
+        first = vals[names[0]].shape[0] if names else None
+        fixed = first if isinstance(first, int) else None
+        return ServedModel(
+            name, version, program.module(), InputSpec(tensors), str(path), "torch.export", fixed_batch=fixed
+        )
+    raise ValueError(f"'{path.name}': serve a run directory, an .onnx file or a .pt2 program")
+
+
+def _onnx_like(base: ServedModel, path: Path, version: str) -> ServedModel:
+    """An ONNX file of a run: the run's spec and labels, ONNX Runtime's session."""
+    m = load_file(path, base.name, version)
+    return ServedModel(base.name, version, m.module, base.spec, str(path), "onnxruntime", base.labels,
+                       fixed_batch=m.fixed_batch)  # fmt: skip
+
+
+def _decoder_spec(module: Any) -> InputSpec:
+    limit = int(getattr(module, "max_positions", 1024))
+    return InputSpec({"ids": TensorSpec([None], "int64", max_dim=limit)}, max_instances=8)
+
+
+def _ort_dtype(onnx_type: str) -> str:
+    table = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}  # fmt: skip
+    if onnx_type not in table:
+        raise ValueError(f"ONNX input type {onnx_type} is not supported")
+    return table[onnx_type]
+
+
+def _safe(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", name).strip("-.") or "model"
+    return name if re.match(NAME, name) else f"m-{name}"
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        )
+    return str(exc)

