@@ -40,6 +40,14 @@ class Probe(nn.Module):
 '''
 
 
+def digits_samples(n: int) -> tuple[list, list[int]]:
+    """The first ``n`` validation digits as nested lists ``(1, 8, 8)``, and their labels."""
+    from deepseek.data.datasets import build_dataset
+
+    val = build_dataset("digits", val_fraction=0.2).val
+    return [val[i][0].tolist() for i in range(n)], [int(val[i][1]) for i in range(n)]
+
+
 class ServerProcess:
     def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.model_dir, self.args, self.env = model_dir, args, env or {}
@@ -76,9 +84,9 @@ class ServerProcess:
             self.proc.wait(30)
 
     def client(self, api_key: str | None = None):
-        from deepseek.serve import Client
+        import deepseek as ds
 
-        return Client(self.url, api_key=api_key, timeout=60)
+        return ds.serve.Client(self.url, api_key=api_key, timeout=60)  # ds.serve loads on first use
 
 
 @pytest.fixture(scope="session")
@@ -105,9 +113,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "export",
         str(root / "digits" / "final" / "model.safetensors"),
         "--dynamic-batch",
+        "--quantize",
+        "int8",
         "--out",
         str(root / "digits" / "model.onnx"),
     )
+    assert r.returncode == 0, r.stdout + r.stderr
+    (root / "programs").mkdir()
+    weights = str(root / "digits" / "final" / "model.safetensors")
+    program = str(root / "programs" / "digits.pt2")
+    r = run_cli("export", weights, "--format", "exported-program", "--dynamic-batch", "--out", program)
     assert r.returncode == 0, r.stdout + r.stderr
     from deepseek.registry import models
 

@@ -10,23 +10,40 @@ import torch
 from deepseek.serve import InputSpec, SpecError, TensorSpec, discover
 from deepseek.serve.repository import ModelDirError
 from tests.conftest import run_cli, write_yaml
+from tests.serve.conftest import digits_samples
 
 
 def test_a_run_directory_serves_as_default_and_its_name_with_onnx_versions(model_dir, tmp_path):
     run = tmp_path / "my-run"
     shutil.copytree(model_dir / "digits", run)
     models = {(m.name, m.version): m for m in discover(run)}
-    assert set(models) == {("default", "1"), ("default", "onnx"), ("my-run", "1"), ("my-run", "onnx")}
-    torch_model, onnx_model = models["default", "1"], models["default", "onnx"]
-    assert (torch_model.backend, onnx_model.backend) == ("torch", "onnxruntime")
-    assert torch_model.labels == [str(i) for i in range(10)] and onnx_model.labels == torch_model.labels
-    x = [torch.rand(1, 8, 8) for _ in range(3)]
-    samples, _ = torch_model.parse([t.tolist() for t in x])
-    a, b = torch_model.run(samples), onnx_model.run(samples)
+    names = {(n, v) for n in ("default", "my-run") for v in ("1", "onnx", "int8")}
+    assert set(models) == names  # model.onnx and the quantized model.int8.onnx are versions of the run
+    torch_model, onnx_model, int8_model = (models["default", v] for v in ("1", "onnx", "int8"))
+    assert (torch_model.backend, onnx_model.backend, int8_model.backend) == ("torch", "onnxruntime", "onnxruntime")
+    assert torch_model.labels == [str(i) for i in range(10)] and int8_model.labels == torch_model.labels
+    x, y = digits_samples(32)
+    samples, _ = torch_model.parse(x)
+    a, b, q = torch_model.run(samples), onnx_model.run(samples), int8_model.run(samples)
     assert [r["index"] for r in a] == [r["index"] for r in b]
-    torch.testing.assert_close(
-        torch.tensor([r["scores"] for r in a]), torch.tensor([r["scores"] for r in b]), atol=1e-4, rtol=0
-    )
+    scores = lambda rows: torch.tensor([r["scores"] for r in rows])  # noqa: E731
+    torch.testing.assert_close(scores(a), scores(b), atol=1e-4, rtol=0)
+    agree = sum(r["index"] == s["index"] for r, s in zip(a, q))
+    assert agree >= 30, f"INT8 agrees with fp32 on {agree}/32 digits"
+    correct = lambda rows: sum(r["index"] == t for r, t in zip(rows, y))  # noqa: E731
+    assert correct(q) >= correct(a) - 2 and correct(a) >= 24  # a digit classifier, in INT8 too
+
+
+def test_a_folder_of_programs_serves_each_by_name(model_dir):
+    (m,) = discover(model_dir / "programs")
+    assert (m.name, m.version, m.backend) == ("digits", "1", "torch.export")
+    (spec,) = m.spec.tensors.values()  # named after the forward argument
+    assert spec.shape == [1, 8, 8] and spec.dtype == "float32"
+    (run,) = [r for r in discover(model_dir / "digits") if (r.name, r.version) == ("default", "1")]
+    x, _ = digits_samples(5)
+    got, want = m.run(m.parse(x)[0]), run.run(run.parse(x)[0])
+    probs = torch.tensor(got).softmax(-1)
+    torch.testing.assert_close(probs, torch.tensor([r["scores"] for r in want]), atol=1e-4, rtol=0)
 
 
 def test_a_text_run_tokenizes_strings_with_its_config_preprocess(tmp_path):

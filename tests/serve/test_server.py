@@ -13,14 +13,7 @@ import pytest
 import torch
 
 from deepseek.serve import ServeError
-from tests.serve.conftest import ServerProcess
-
-
-def digits_samples(n: int) -> tuple[list, list[int]]:
-    from deepseek.data.datasets import build_dataset
-
-    val = build_dataset("digits", val_fraction=0.2).val
-    return [val[i][0].tolist() for i in range(n)], [int(val[i][1]) for i in range(n)]
+from tests.serve.conftest import ServerProcess, digits_samples
 
 
 def test_predict_matches_the_trained_model_in_torch_and_onnx(server, model_dir):

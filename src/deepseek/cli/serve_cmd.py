@@ -48,6 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock = socket.create_server((args.host, args.port))
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    # uvicorn sets TCP_NODELAY only on sockets it binds itself; without it every keep-alive request
+    # waits ~40 ms for a delayed ACK (Nagle). Accepted connections inherit it from the listener.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     port = sock.getsockname()[1]
     names = sorted({f"{m.name}:{m.version}" for m in models})
     print(f"deepseek-serve: {len(names)} model(s): {', '.join(names)}", flush=True)

@@ -265,7 +265,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         if before is None:
             raise HTTPProblem(404, f"no job '{job_id}'")
         if before["status"] in FINAL:
-            raise HTTPProblem(409, f"job '{job_id}' is {before['status']} already")
+            raise HTTPProblem(409, f"job '{job_id}' already {before['status']}")
         server.store.cancel(job_id)
         return JSONResponse(server.store.get(job_id))
 
@@ -314,7 +314,8 @@ async def _tokens(server: Server, m: ServedModel, batcher: Batcher, sample: dict
         log.exception("stream of model '%s' failed", m.name)
         yield sse("error", {"error": f"model '{m.name}' raised {type(exc).__name__}: {exc}"})
     finally:
-        tokens.close()
+        with contextlib.suppress(ValueError):  # "generator already executing": a step is still on the thread
+            tokens.close()
 
 
 async def _chunks(server: Server, m: ServedModel, batcher: Batcher, samples: list) -> Any:

@@ -61,7 +61,8 @@ class TensorSpec:
         )
         if not fits:
             got = "x".join(map(str, shape)) or "a scalar"
-            raise SpecError(f"{where}: expected shape {self.describe()} (dynamic axes up to {self.max_dim}), got {got}")
+            limit = f" (dynamic axes up to {self.max_dim})" if None in self.shape else ""
+            raise SpecError(f"{where}: expected shape {self.describe()}{limit}, got {got}")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise SpecError(f"{where}: NaN or infinity in the input")
         return t
