@@ -69,6 +69,7 @@ class Server:
 
     def __init__(self, models: list[ServedModel], settings: ServeSettings, metrics: ServeMetrics) -> None:
         self.settings, self.metrics, self.ready = settings, metrics, False
+        self.warm_up_errors: dict[str, str] = {}
         self.models: dict[str, dict[str, ServedModel]] = {}
         for m in models:
             self.models.setdefault(m.name, {})[m.version] = m
@@ -110,7 +111,11 @@ class Server:
     async def _warm_up(self) -> None:
         for versions in self.models.values():
             for m in versions.values():
-                await self.batchers[id(m.module)].run_alone(m.warm_up)
+                try:
+                    await self.batchers[id(m.module)].run_alone(m.warm_up)
+                except Exception as exc:  # served anyway (its requests get 500); /readyz reports it
+                    log.exception("warm-up of model '%s' version '%s' failed", m.name, m.version)
+                    self.warm_up_errors[f"{m.name}:{m.version}"] = f"{type(exc).__name__}: {exc}"
         self.ready = True
         loop = asyncio.get_running_loop()
         self.tasks += [loop.create_task(self._job_worker()) for _ in range(self.settings.job_workers)]
@@ -169,6 +174,9 @@ class Server:
                 self.store.finish(job["id"], error=f"{exc.status}: {exc.message}")
             except SpecError as exc:
                 self.store.finish(job["id"], error=f"422: {exc}")
+            except Exception as exc:  # a bad stored request must not stop the worker
+                log.exception("job %s failed", job["id"])
+                self.store.finish(job["id"], error=f"500: {type(exc).__name__}: {exc}")
 
     def update_job_gauge(self) -> None:
         if self.store is not None:
@@ -214,7 +222,11 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        return JSONResponse({"ready": server.ready}, 200 if server.ready else 503)
+        ok = server.ready and not server.warm_up_errors
+        body: dict[str, Any] = {"ready": ok}
+        if server.warm_up_errors:
+            body["warm_up_errors"] = server.warm_up_errors
+        return JSONResponse(body, 200 if ok else 503)
 
     @app.get("/metrics", tags=["health"])
     async def prometheus() -> PlainTextResponse:
