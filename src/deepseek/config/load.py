@@ -116,7 +116,7 @@ def load_config(
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_format(source, err, Config) for err in exc.errors()] + problems) from None
+        raise ConfigError([explain_error(source, err, Config) for err in exc.errors()] + problems) from None
     if problems:
         raise ConfigError(problems)
     for prefix, comp in _component_sections(cfg):
@@ -202,7 +202,8 @@ def _check_transforms(raw: dict[str, Any], source: str) -> list[str]:
     return problems
 
 
-def _format(source: str, err: dict[str, Any], root: type[BaseModel]) -> str:
+def explain_error(source: str, err: dict[str, Any], root: type[BaseModel]) -> str:
+    """One pydantic error as ``source: key.path: what is wrong (got value)``, unknown keys with a close match."""
     loc = tuple(err["loc"])
     path = _dotted(loc)
     kind = err["type"]

@@ -24,6 +24,8 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deepseek.config import ConfigError
+from deepseek.config.load import explain_error
 from deepseek.serve.model import ServedModel, text_encoder
 from deepseek.serve.spec import InputSpec, SpecError, TensorSpec, spec_from_json, spec_from_sample
 
@@ -87,8 +89,10 @@ def discover(model_dir: str | Path) -> list[ServedModel]:
 def load_manifest(path: Path) -> list[ServedModel]:
     try:
         manifest = Manifest.model_validate(yaml.safe_load(path.read_text()) or {})
-    except (ValidationError, yaml.YAMLError) as exc:
-        raise ModelDirError(f"{path}: {_explain(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ModelDirError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:  # one "error:" line per problem, as for training configs (exit code 2)
+        raise ConfigError([explain_error(str(path), e, Manifest) for e in exc.errors()]) from None
     out = []
     for i, e in enumerate(manifest.models):
         where = f"{path.name}: models[{i}] ({e.name})"
@@ -115,10 +119,15 @@ def load_entry(e: Entry, root: Path) -> ServedModel:
     elif path.suffix == ".safetensors":
         if not e.model or "name" not in e.model:
             raise ValueError("a .safetensors path needs `model: {name: <registered model>, ...kwargs}`")
+        from deepseek.config.components import ComponentErrors, validate_kwargs
         from deepseek.registry import models as model_registry
         from deepseek.train.checkpoint import load_weights
 
         kwargs = {k: v for k, v in e.model.items() if k != "name"}
+        try:
+            kwargs = validate_kwargs(model_registry, e.model["name"], kwargs)
+        except ComponentErrors as exc:
+            raise ValueError("; ".join(_component_problem(p, exc.allowed) for p in exc.errors)) from None
         module = model_registry.build(e.model["name"], **kwargs)
         load_weights(module, path)
         if callable(getattr(module, "stream", None)):
@@ -241,9 +250,8 @@ def _safe(name: str) -> str:
     return name if re.match(NAME, name) else f"m-{name}"
 
 
-def _explain(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
-        )
-    return str(exc)
+def _component_problem(p: Any, allowed: list[str]) -> str:
+    where = ".".join(str(x) for x in ("model", *p.path))
+    if p.kind == "extra_forbidden":
+        return f"{where}: unknown argument of the builder; it takes {', '.join(allowed)}"
+    return f"{where}: {p.message} (got {p.value!r})"
