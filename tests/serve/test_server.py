@@ -118,6 +118,8 @@ def test_unknown_model_and_version_are_404(server):
     assert r.status_code == 404 and "served: digits, gpt2, probe, slow" in r.json()["error"]
     r = httpx.post(server.url + "/v1/models/digits/versions/9/predict", json={"instances": [1]})
     assert r.status_code == 404 and "has no version '9'" in r.json()["error"]
+    r = httpx.get(server.url + "/v2/nothing")
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
 
 
 def test_full_queue_timeout_and_model_error_leave_the_server_serving(server):
@@ -168,6 +170,8 @@ def test_api_key(model_dir, tmp_path):
         assert httpx.get(s.url + "/healthz").status_code == 200  # probes stay open
         with s.client(api_key="s3cret") as c:
             assert c.predict("digits", x)[0]["label"]
+            metrics = c.http.get("/metrics").text
+        assert 'ds_serve_requests_total{code="401",model="",route="refused"} 2.0' in metrics
     finally:
         s.kill(signal.SIGTERM)
 

@@ -26,12 +26,12 @@ class Guard:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
-            return await _reply(send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            return await self._refuse(send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                                 [(b"www-authenticate", b"Bearer")])  # fmt: skip
         if scope["method"] in ("POST", "PUT", "PATCH"):
             declared = _header(scope, b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                return await _reply(
+                return await self._refuse(
                     send, 413, f"request body of {declared} bytes is over the {self.max_body}-byte limit"
                 )
             body = bytearray()
@@ -41,7 +41,7 @@ class Guard:
                     return
                 body += message.get("body", b"")
                 if len(body) > self.max_body:
-                    return await _reply(send, 413, f"request body is over the {self.max_body}-byte limit")
+                    return await self._refuse(send, 413, f"request body is over the {self.max_body}-byte limit")
                 if not message.get("more_body"):
                     break
             receive = _replay(bytes(body), receive)
@@ -66,6 +66,11 @@ class Guard:
             model = (scope.get("path_params") or {}).get("name", "") if status != 404 else ""
             self.metrics.requests.labels(route, model, str(status)).inc()
             self.metrics.latency.labels(route, model).observe(time.perf_counter() - start)
+
+    async def _refuse(self, send: Any, status: int, message: str, headers: list | None = None) -> None:
+        """Answer before any route runs; counted under the route label ``refused``."""
+        self.metrics.requests.labels("refused", "", str(status)).inc()
+        await _reply(send, status, message, headers)
 
     def _authorized(self, scope: dict) -> bool:
         auth = _header(scope, b"authorization") or ""
