@@ -112,6 +112,11 @@ def test_bad_model_directories_exit_2_and_say_why(tmp_path, model_dir):
     write_yaml(bad / "serve.yaml", {"models": [{"name": "x", "path": "nowhere.onnx"}]})
     r = run_cli("serve", "--model_dir", str(bad))
     assert r.returncode == 2 and "models[0] (x): path 'nowhere.onnx'" in r.stderr
+    (tmp_path / "a-file").touch()
+    r = run_cli(
+        "serve", "--model_dir", str(model_dir / "digits"), "--jobs-db", str(tmp_path / "a-file" / "jobs.sqlite")
+    )
+    assert r.returncode == 2 and "pass --jobs-db PATH somewhere writable" in r.stderr
     gpt2 = {"name": "g", "path": str(model_dir / "gpt2.safetensors"), "model": {"name": "gpt2", "dpeth": 3}}
     write_yaml(bad / "serve.yaml", {"models": [gpt2]})
     r = run_cli("serve", "--model_dir", str(bad))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from deepseek.serve import ModelDirError, ServeSettings, create_app, discover
+        from deepseek.serve.jobs import JobStore
     except ModuleNotFoundError as exc:
         raise UsageError(
             f"serving needs the serve extra ({exc.name} is missing): pip install 'deepseek-framework[serve]'"
@@ -44,6 +46,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 2**20), api_key=api_key,
         jobs_db=args.jobs_db or (model_dir / ".serve" / "jobs.sqlite"),
     )  # fmt: skip
+    try:  # a read-only model directory fails here, with the way out, not in the server's start-up
+        JobStore(settings.jobs_db).close()
+    except (OSError, sqlite3.Error) as exc:
+        raise UsageError(f"jobs database '{settings.jobs_db}': {exc}; pass --jobs-db PATH somewhere writable") from None
     try:
         sock = socket.create_server((args.host, args.port))
     except OSError as exc:
