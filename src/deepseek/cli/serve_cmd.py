@@ -85,7 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    add_arguments(sub.add_parser("serve", help="serve a model directory over HTTP (same as deepseek-serve)"))
+    p = sub.add_parser("serve", help="serve a model directory over HTTP (same as deepseek-serve)",
+                       description="Serve a model directory over HTTP: predictions, async jobs, streams.")  # fmt: skip
+    add_arguments(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deepseek.cli.main import run_command
 
     sys.path.insert(0, os.getcwd())  # a serve.yaml may name the user's own model classes (module:Class)
-    parser = argparse.ArgumentParser(prog="deepseek-serve", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="deepseek-serve", description="Serve a model directory over HTTP: predictions, async jobs, streams."
+    )
     add_arguments(parser)
     return run_command(parser.parse_args(argv))
