@@ -126,3 +126,27 @@ def test_bad_model_directories_exit_2_and_say_why(tmp_path, model_dir):
             bad / "serve.yaml", {"models": [{"name": "d", "path": str(model_dir / "digits" / "model.onnx")}] * 2}
         )
         discover(bad)
+
+
+def test_a_model_that_fails_its_warm_up_is_reported_by_readyz(tmp_path):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from deepseek.serve import ServedModel, ServeSettings, create_app
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("weights missing")
+
+    m = ServedModel("broken", "1", Broken(), InputSpec({"x": TensorSpec([2])}), "test")
+    app = create_app([m], ServeSettings(jobs_db=tmp_path / "jobs.sqlite"))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 30
+        while (r := client.get("/readyz")).json() == {"ready": False} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.status_code == 503
+        assert r.json()["warm_up_errors"] == {"broken:1": "RuntimeError: weights missing"}
+        r = client.post("/v1/models/broken/predict", json={"instances": [[1, 2]]})
+        assert r.status_code == 500 and "weights missing" in r.json()["error"]
+        assert client.get("/healthz").status_code == 200
