@@ -130,12 +130,10 @@ def load_entry(e: Entry, root: Path) -> ServedModel:
             raise ValueError("; ".join(_component_problem(p, exc.allowed) for p in exc.errors)) from None
         module = model_registry.build(e.model["name"], **kwargs)
         load_weights(module, path)
-        if callable(getattr(module, "stream", None)):
-            spec = _decoder_spec(module)
-        elif e.inputs is None:
+        decoder = callable(getattr(module, "stream", None))
+        if not decoder and e.inputs is None:
             raise ValueError("a model that is not a decoder needs `inputs: {name: {shape: [...], dtype: ...}}`")
-        else:
-            spec = InputSpec(spec_from_json(e.inputs, "inputs"))
+        spec = _decoder_spec(module) if decoder else InputSpec({})  # `inputs` is applied below, for every kind
         m = ServedModel(e.name, e.version, module.eval(), spec, str(path))
     else:
         m = load_file(path, e.name, e.version)
