@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deepseek.data.graph import Graph
@@ -57,6 +58,18 @@ def test_each_processor_turns_raw_inputs_into_embeddings():
         emb = proc(batch)
         assert emb.shape == (2, D) and torch.isfinite(emb).all(), key
         emb.sum().backward()  # the encoders train
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_each_encoder_runs_and_trains_under_autocast(dtype):
+    raws, procs = raw_samples(), processors()
+    for key, proc in procs.items():
+        batch = proc.collate([proc.preprocess(r) for r in raws[key]])
+        with torch.autocast("cpu", dtype=dtype):
+            emb = proc(batch)
+        assert emb.shape == (2, D) and torch.isfinite(emb).all(), key
+        emb.float().sum().backward()
+        assert all(p.grad is not None for p in proc.parameters()), key
 
 
 def test_graph_pooling_keeps_graphs_apart():

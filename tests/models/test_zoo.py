@@ -41,19 +41,77 @@ def example_input(example: dict):
     return tensor(example["input"], example.get("dtype"), g)
 
 
+# Smaller builds for the models whose template example is big, keeping the example's output shape, so
+# that every model runs fast under fp32 and CPU bf16 autocast (minilm is pretrained: it has one size).
+SMALL = {
+    "gpt2": {"dim": 32, "depth": 2, "heads": 4, "max_positions": 16},
+    "bert_base": {"dim": 32, "depth": 2, "heads": 4},
+    "transformer": {"d_model": 32, "heads": 4, "encoder_layers": 2, "decoder_layers": 2, "ff": 64},
+    "unet": {"base": 8},
+    "moe_transformer": {"dim": 32, "depth": 2, "heads": 4},
+    "cross_modal_hashing": {"dim": 32},
+    "lstm_classifier": {"input_dim": 32, "hidden": 32},
+    "tcn": {"width": 16},
+}
+
+
+def tensors_of(out) -> list[torch.Tensor]:
+    """The output's tensors: the tensor itself or every tensor part of a tuple/list output."""
+    return [t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", MODELS)
-def test_every_model_builds_from_its_template_and_trains(name):
+def test_every_model_builds_from_its_template_and_trains(name, precision):
+    """timm's check: forward, backward of every output part, and every trainable parameter gets a gradient
+    (DDP's default find_unused_parameters=False fails at the second step otherwise), in fp32 and bf16."""
     tpl = ds.models.template(name)
     assert tpl and tpl["model"]["name"] == name, f"{name} needs models/templates/{name}.yaml"
     example = tpl["example"]
     torch.manual_seed(0)
-    model = ds.models.build(name, **example.get("build", {}))
-    out = model(example_input(example))
-    main = out[0] if isinstance(out, tuple) else out
-    assert list(main.shape) == example["output"]
-    main.float().pow(2).mean().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    model = ds.models.build(name, **{**example.get("build", {}), **SMALL.get(name, {})})
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        parts = tensors_of(model(example_input(example)))
+    assert list(parts[0].shape) == example["output"]
+    assert all(bool(torch.isfinite(t).all()) for t in parts if t.is_floating_point())
+    sum(t.float().pow(2).mean() for t in parts if t.is_floating_point()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name} ({precision}): no gradient for {missing}"
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters() if p.grad is not None)
+
+
+def padded_batch(vocab: int) -> dict[str, torch.Tensor]:
+    """A Tokenize + TruncatePad style batch ``(2, 10)`` whose second row has 4 real tokens."""
+    ids = torch.randint(1, vocab, (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 4:], ids[1, 4:] = 0, 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "name, kwargs, inputs",
+    [
+        ("bert_base", {"head": "mlm", "vocab_size": 50, "dim": 32, "depth": 2, "heads": 4}, lambda: padded_batch(50)),
+        ("bert_base", {"head": "none", "vocab_size": 50, "dim": 32, "depth": 1, "heads": 4}, lambda: padded_batch(50)),
+        # 16 experts, top-1, 3 tokens: most experts get no token in the step
+        (
+            "moe_transformer",
+            {"vocab_size": 50, "dim": 32, "depth": 2, "heads": 4, "num_experts": 16, "top_k": 1},
+            lambda: torch.randint(0, 50, (1, 3)),
+        ),
+        ("moe_transformer", {"vocab_size": 50, "dim": 32, "depth": 1, "heads": 4}, lambda: padded_batch(50)),
+        ("lstm_classifier", {"vocab_size": 50, "input_dim": 16, "hidden": 16, "layers": 2}, lambda: padded_batch(50)),
+    ],
+)
+def test_every_parameter_gets_a_gradient_in_other_configurations(name, kwargs, inputs, precision):
+    torch.manual_seed(0)
+    model = ds.models.build(name, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(inputs())
+    out.float().pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name} {kwargs}: no gradient for {missing}"
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,48 @@ def test_mixture_of_depths_routes_a_share_and_learns():
     assert mod.router.weight.grad is not None and mod.router.weight.grad.abs().sum() > 0
 
 
+class CumulativeMean(nn.Module):
+    """A causal block: each position becomes a projection of the mean of the positions up to it."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype).view(1, -1, 1)
+        return self.proj(x.cumsum(1) / steps)
+
+
+def test_causal_mixture_of_depths_never_looks_ahead():
+    torch.manual_seed(0)
+    mod = MixtureOfDepths(CumulativeMean(16), 16, capacity=0.5, causal=True).eval()
+    x = torch.randn(3, 20, 16)
+    out = mod(x)
+    ran = mod.last_routed  # (N, L) bool: which tokens went through the block
+    assert 0 < int(ran.sum()) < ran.numel()
+    assert torch.equal(out[~ran], x[~ran])
+    for t in (0, 7, 14):
+        future = x.clone()
+        future[:, t + 1 :] = torch.randn(3, 19 - t, 16) * 3
+        torch.testing.assert_close(mod(future)[:, : t + 1], out[:, : t + 1], rtol=0, atol=1e-6)
+
+
+def test_causal_mixture_of_depths_trains_its_router_towards_the_capacity():
+    torch.manual_seed(0)
+    mod = MixtureOfDepths(nn.Linear(16, 16), 16, capacity=0.25, causal=True)
+    mod(torch.randn(4, 32, 16)).sum().backward()
+    assert mod.router.weight.grad is not None and mod.router.weight.grad.abs().sum() > 0
+    opt = torch.optim.Adam(mod.router.parameters(), lr=0.05)
+    x = torch.randn(8, 32, 16)
+    for _ in range(100):  # the aux loss alone teaches the per-token decision to pick the top quarter
+        mod(x)
+        opt.zero_grad()
+        mod.aux_loss.backward()
+        opt.step()
+    mod(x)
+    assert abs(float(mod.last_routed.float().mean()) - 0.25) < 0.05
+
+
 def test_cross_attention_fusion_ignores_masked_context():
     torch.manual_seed(0)
     fuse = CrossAttentionFusion(dim=32, context_dim=24, heads=4).eval()

@@ -90,3 +90,32 @@ def test_trainer_adds_the_aux_loss():
     model.zero_grad()
     (F.cross_entropy(model(x), y) + model[0].aux_loss).backward()
     torch.testing.assert_close(seen[0], model[0].router.weight.grad)
+
+
+def test_masked_tokens_take_no_capacity_and_no_part_in_the_aux_loss():
+    torch.manual_seed(0)
+    moe = ds.nn.MoE(d_model=8, num_experts=4, top_k=2, capacity_factor=1.0)
+    real = torch.randn(10, 8)
+    padded = torch.cat([real, torch.randn(30, 8)])  # 30 padding tokens that would crowd the experts
+    mask = torch.arange(40) < 10
+    alone = moe(real)
+    aux, dispatch = moe.aux_loss, moe.last_dispatch
+    out = moe(padded, token_mask=mask)
+    torch.testing.assert_close(out[:10], alone)
+    assert torch.equal(out[10:], torch.zeros(30, 8))
+    torch.testing.assert_close(moe.aux_loss, aux)
+    assert moe.last_dispatch.capacity == dispatch.capacity == 5
+    assert torch.equal(moe.last_dispatch.tokens_per_expert, dispatch.tokens_per_expert)
+
+
+def test_experts_without_tokens_still_get_a_zero_gradient():
+    """DDP (find_unused_parameters=False) needs every parameter in every step's graph."""
+    moe = ds.nn.MoE(d_model=8, num_experts=4, top_k=1, capacity_factor=4.0)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0] = 1.0  # every token goes to expert 0
+    moe(torch.ones(6, 8)).sum().backward()
+    assert moe.last_dispatch.tokens_per_expert.tolist() == [6, 0, 0, 0]
+    missing = [name for name, p in moe.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(float(p.grad.abs().sum()) == 0 for p in moe.experts[1].parameters())

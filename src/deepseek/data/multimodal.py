@@ -181,12 +181,14 @@ class GraphTransformer(Processor):
             )
         batch = g.batch if g.batch is not None else torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
         graphs = int(batch.max()) + 1
-        score = self.score(h).squeeze(-1)
+        # The per-graph softmax runs in float32 whatever autocast made of the scores: the scatter buffers
+        # must match the source dtype, and bf16/fp16 exp-sums lose precision.
+        score = self.score(h).squeeze(-1).float()
         peak = torch.full((graphs,), float("-inf"), device=h.device).scatter_reduce(0, batch, score, reduce="amax")
-        score = score - peak[batch]  # a per-graph softmax, stabilised
-        weight = score.exp()
+        weight = (score - peak[batch]).exp()  # stabilised
         total = torch.zeros(graphs, device=h.device).index_add_(0, batch, weight)[batch]
-        return torch.zeros(graphs, h.shape[1], device=h.device).index_add_(0, batch, h * (weight / total).unsqueeze(-1))
+        weighted = h.float() * (weight / total).unsqueeze(-1)
+        return torch.zeros(graphs, h.shape[1], device=h.device).index_add_(0, batch, weighted)
 
 
 class PointCloud3D(Processor):

@@ -9,6 +9,7 @@ gpt2 124,439,808; bert_base encoder 109,482,240 (+ head).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -20,6 +21,28 @@ from deepseek.models.blocks import GradientCheckpointing
 from deepseek.registry import register_model
 
 Cache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def init_reference_weights(model: nn.Module, std: float = 0.02) -> None:
+    """GPT-2 / BERT initialisation (``initializer_range``): Linear, Embedding and attention input
+    projections ~ N(0, std), biases 0, LayerNorm weight 1 and bias 0. PyTorch's defaults (N(0, 1)
+    embeddings, Kaiming-uniform Linear) would give a tied LM head initial logits with a std of
+    about sqrt(dim), i.e. a first loss far above ln(vocab)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if getattr(m, name, None) is not None:
+                    nn.init.normal_(getattr(m, name), 0.0, std)
+            if m.in_proj_bias is not None:
+                nn.init.zeros_(m.in_proj_bias)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -70,6 +93,10 @@ class GPT2(GradientCheckpointing, nn.Module):
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.tok.weight
+        init_reference_weights(self)
+        for block in self.blocks:  # GPT-2: residual-stream writers scaled so the stream's variance stays O(1)
+            for proj in (block.attn.proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * depth))
 
     def forward(self, ids: torch.Tensor, past: Cache | None = None, use_cache: bool = False) -> Any:
         start = past[0][0].shape[2] if past else 0
@@ -154,14 +181,16 @@ class Bert(GradientCheckpointing, nn.Module):
         )
         self.emb_norm, self.drop = nn.LayerNorm(dim, eps=1e-12), nn.Dropout(dropout)
         self.blocks = nn.ModuleList([BertLayer(dim, heads, hidden, dropout) for _ in range(depth)])
-        self.pooler = nn.Linear(dim, dim)
         self.head_kind = head
-        if head == "classification":
-            self.classifier = nn.Linear(dim, num_classes)
-        elif head == "mlm":
+        if head == "mlm":  # no pooler, as HF's BertForMaskedLM: an unused one gets no gradient and breaks DDP
             self.mlm_transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=1e-12))
             self.mlm_decoder = nn.Linear(dim, vocab_size)
             self.mlm_decoder.weight = self.word.weight
+        else:
+            self.pooler = nn.Linear(dim, dim)
+        if head == "classification":
+            self.classifier = nn.Linear(dim, num_classes)
+        init_reference_weights(self)
 
     def encode(
         self, ids: torch.Tensor, mask: torch.Tensor | None = None, segments: torch.Tensor | None = None

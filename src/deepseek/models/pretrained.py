@@ -28,14 +28,16 @@ def minilm_path() -> Path:
 
 
 def load_minilm_encoder() -> nn.Module:
-    """The pretrained ``BertModel`` from the package's files (``local_files_only``: never the hub)."""
+    """The pretrained ``BertModel`` from the package's files (``local_files_only``: never the hub), without
+    the pooler: the classifier mean-pools the token states, and an unused pooler gets no gradient (DDP
+    with ``find_unused_parameters=False`` then fails at the second step)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    return AutoModel.from_pretrained(str(minilm_path()), local_files_only=True)
+    return AutoModel.from_pretrained(str(minilm_path()), local_files_only=True, add_pooling_layer=False)
 
 
 class MiniLMClassifier(nn.Module):

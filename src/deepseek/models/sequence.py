@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from deepseek.models.blocks import EncoderBlock, GradientCheckpointing
 from deepseek.nn.moe import MoE
@@ -24,8 +25,14 @@ class LSTMClassifier(nn.Module):
         self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        x = x["input_ids"] if isinstance(x, dict) else x
-        _, (h, _) = self.lstm(self.embed(x))
+        """With a dict, ``attention_mask (N, L)`` (1 for real tokens, right padding as TruncatePad makes)
+        packs the batch, so each row's last state is that of its last real token, not of its padding."""
+        mask = x.get("attention_mask") if isinstance(x, dict) else None
+        seq = self.embed(x["input_ids"] if isinstance(x, dict) else x)
+        if mask is not None:
+            lengths = mask.sum(1).clamp_min(1).cpu()
+            seq = nn.utils.rnn.pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(seq)  # h (layers * directions, N, hidden), in the batch's order
         last = torch.cat([h[-2], h[-1]], dim=-1) if self.lstm.bidirectional else h[-1]
         return self.head(last)
 
@@ -69,24 +76,47 @@ class TCN(nn.Module):
         return self.head(self.blocks(x)[:, :, -1])
 
 
+class MoEEncoderBlock(EncoderBlock):
+    """:class:`EncoderBlock` whose feed-forward is a top-k MoE; ``real (N, L)`` (True for real tokens)
+    masks padding out of the attention keys and out of the experts' routing and capacity."""
+
+    def __init__(self, dim: int, heads: int, num_experts: int, top_k: int) -> None:
+        super().__init__(dim, heads)
+        self.mlp = MoE(dim, num_experts, top_k=top_k)
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm1(x)
+        pad = None if real is None else ~real
+        x = x + self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x), token_mask=real)
+
+
 class MoETransformer(GradientCheckpointing, nn.Module):
-    """Token ids ``(N, L)`` -> logits ``(N, num_classes)``; each block's feed-forward is a top-k MoE."""
+    """Token ids ``(N, L)`` (or a dict with ``input_ids`` and ``attention_mask``) -> logits
+    ``(N, num_classes)`` from the mean over real tokens; each block's feed-forward is a top-k MoE."""
 
     def __init__(self, vocab_size: int = 30522, dim: int = 256, depth: int = 4, heads: int = 4, num_experts: int = 8,
                  top_k: int = 2, num_classes: int = 10, max_positions: int = 512) -> None:  # fmt: skip
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab_size, dim), nn.Embedding(max_positions, dim)
-        self.blocks = nn.ModuleList()
-        for _ in range(depth):
-            block = EncoderBlock(dim, heads)
-            block.mlp = MoE(dim, num_experts, top_k=top_k)
-            self.blocks.append(block)
+        self.blocks = nn.ModuleList([MoEEncoderBlock(dim, heads, num_experts, top_k) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         ids = x["input_ids"] if isinstance(x, dict) else x
+        mask = x.get("attention_mask") if isinstance(x, dict) else None
+        real = mask.bool() if mask is not None else None
         h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
-        return self.head(self.norm(self.run_blocks(h)).mean(1))
+        for block in self.blocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                h = checkpoint(block, h, real, use_reentrant=False)
+            else:
+                h = block(h, real)
+        h = self.norm(h)
+        if real is None:
+            return self.head(h.mean(1))
+        weight = real.unsqueeze(-1).to(h.dtype)  # (N, L, 1): a mean over real tokens only
+        return self.head((h * weight).sum(1) / weight.sum(1).clamp_min(1.0))
 
 
 class VAE(nn.Module):

@@ -76,13 +76,15 @@ class EdgeAttentionLayer(nn.Module):
         n, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(n, 3, self.heads, -1).unbind(1)
         src, dst = edge_index
-        score = (q[dst] * k[src]).sum(-1) * self.scale  # (E, heads)
+        # The edge softmax and the message sums run in float32 whatever autocast made of q, k, v: the
+        # scatter buffers must match their source's dtype, and bf16/fp16 sums over edges lose precision.
+        score = (q[dst].float() * k[src].float()).sum(-1) * self.scale  # (E, heads)
         peak = torch.full((n, self.heads), float("-inf"), device=x.device).scatter_reduce(
             0, dst[:, None].expand_as(score), score, "amax"
         )
         weight = (score - peak[dst]).exp()
         total = torch.zeros(n, self.heads, device=x.device).index_add_(0, dst, weight)
-        msg = v[src] * (weight / total[dst].clamp_min(1e-12)).unsqueeze(-1)
+        msg = v[src].float() * (weight / total[dst].clamp_min(1e-12)).unsqueeze(-1)
         out = torch.zeros(n, self.heads, dim // self.heads, device=x.device).index_add_(0, dst, msg)
         x = x + self.proj(out.reshape(n, dim))
         return x + self.ffn(self.norm2(x))
@@ -109,7 +111,7 @@ class GraphTransformerNet(nn.Module):
             x = layer(x, edges)
         batch = graph.batch if graph.batch is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         graphs = int(batch.max()) + 1
-        pooled = torch.zeros(graphs, x.shape[1], device=x.device).index_add_(0, batch, x)
+        pooled = torch.zeros(graphs, x.shape[1], device=x.device).index_add_(0, batch, x.float())
         pooled = pooled / torch.bincount(batch, minlength=graphs).clamp_min(1).unsqueeze(-1)
         return self.head(pooled)
 

@@ -12,29 +12,55 @@ import torch.nn.functional as F
 
 
 class MixtureOfDepths(nn.Module):
-    """Content-aware routing (Raposo et al. 2024): a learned router picks the top ``capacity`` share of
-    tokens of each sequence to go through ``block``; the others skip it unchanged, so the block's cost
-    falls to about ``capacity``. Selected tokens keep their order (causal blocks stay causal) and receive
-    ``x + sigmoid(score) * (block(x) - x)``, which is how the router learns."""
+    """Content-aware routing (Raposo et al. 2024): a learned router sends about a ``capacity`` share of
+    the tokens of each sequence through ``block``; the others skip it unchanged, so the block's cost
+    falls to about ``capacity``. Routed tokens keep their order and receive ``x + sigmoid(score) *
+    (block(x) - x)``, which is how the router learns.
 
-    def __init__(self, block: nn.Module, dim: int, capacity: float = 0.5) -> None:
+    By default the router takes the top ``capacity`` share of each sequence, a choice that depends on
+    the whole sequence, future tokens included. With ``causal`` (decoders, streaming) each token decides
+    alone: it is routed when its score is > 0 (sigmoid > 0.5); ``aux_loss`` then holds the paper's
+    auxiliary BCE loss (``aux_loss_weight`` times) that trains that decision to predict membership of the
+    top-k, so about ``capacity`` of the tokens are routed. ``block`` must itself be causal; it sees the
+    routed tokens of each row packed to the front, any filler after them. ``last_routed (N, L)`` is True
+    for the tokens the block ran on (``last_selected (N, k)``: their indices, non-causal mode)."""
+
+    def __init__(
+        self, block: nn.Module, dim: int, capacity: float = 0.5, causal: bool = False, aux_loss_weight: float = 0.01
+    ) -> None:
         super().__init__()
         if not 0 < capacity <= 1:
             raise ValueError(f"capacity must be in (0, 1], got {capacity}")
-        self.block, self.capacity = block, capacity
+        self.block, self.capacity, self.causal, self.aux_loss_weight = block, capacity, causal, aux_loss_weight
         self.router = nn.Linear(dim, 1)
         self.last_selected: torch.Tensor | None = None
+        self.last_routed: torch.Tensor | None = None
+        self.aux_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, length, d = x.shape
         k = max(1, math.ceil(self.capacity * length))
-        scores = self.router(x).squeeze(-1)  # (N, L)
-        chosen = scores.topk(k, dim=1).indices.sort(dim=1).values  # keep sequence order
-        picked = x.gather(1, chosen[..., None].expand(-1, -1, d))
-        delta = self.block(picked) - picked
+        scores = self.router(x).squeeze(-1).float()  # (N, L)
+        top_k = scores.topk(k, dim=1).indices
+        if self.causal:
+            target = torch.zeros_like(scores).scatter(1, top_k, 1.0)  # a training target only: never decides
+            self.aux_loss = self.aux_loss_weight * F.binary_cross_entropy_with_logits(scores, target)
+            routed = scores > 0
+            width = max(1, int(routed.sum(1).max()))
+            # routed positions first, in sequence order (stable sort); the rest of the width is filler
+            chosen = torch.argsort((~routed).to(torch.int8), dim=1, stable=True)[:, :width]
+            valid = routed.gather(1, chosen)
+        else:
+            chosen = top_k.sort(dim=1).values  # keep sequence order
+            valid = torch.ones_like(chosen, dtype=torch.bool)
+            routed = torch.zeros_like(scores, dtype=torch.bool).scatter(1, chosen, True)
+            self.last_selected = chosen
+        index = chosen[..., None].expand(-1, -1, d)
+        picked = x.gather(1, index)
         gate = torch.sigmoid(scores.gather(1, chosen)).unsqueeze(-1)
-        self.last_selected = chosen
-        return x.scatter(1, chosen[..., None].expand(-1, -1, d), picked + gate * delta)
+        updated = picked + (gate * (self.block(picked) - picked)).to(x.dtype)
+        self.last_routed = routed
+        return x.scatter(1, index, torch.where(valid.unsqueeze(-1), updated, picked))
 
 
 class CrossAttentionFusion(nn.Module):

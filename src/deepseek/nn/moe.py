@@ -102,22 +102,31 @@ class MoE(nn.Module):
         return dispatch, probs
 
     def run_experts(self, tokens: torch.Tensor, dispatch: Dispatch) -> torch.Tensor:
-        """Each expert on its assigned tokens only; outputs weighted by the gates and summed per token."""
+        """Each expert on its assigned tokens only; outputs weighted by the gates and summed per token.
+
+        An expert with no tokens still runs on an empty ``(0, d_model)`` batch: it stays in the autograd
+        graph and gets a zero gradient, as DDP's default ``find_unused_parameters=False`` requires."""
         out = torch.zeros_like(tokens)
         for e, expert in enumerate(self.experts):
             mine = dispatch.expert == e
-            if bool(mine.any()):
-                tok = dispatch.token[mine]
-                out.index_add_(0, tok, expert(tokens[tok]) * dispatch.gate[mine, None])
+            tok = dispatch.token[mine]
+            out.index_add_(0, tok, (expert(tokens[tok]) * dispatch.gate[mine, None]).to(out.dtype))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (..., d_model)``; ``token_mask (...)``, True for real tokens: padding is neither routed nor
+        counted in the capacity or the aux loss, and its output is zero."""
         tokens = x.reshape(-1, self.d_model)
-        dispatch, probs = self.route(tokens)
+        real = None if token_mask is None else token_mask.reshape(-1).bool().nonzero().squeeze(1)
+        routed = tokens if real is None else tokens[real]
+        dispatch, probs = self.route(routed)
         first_choice = F.one_hot(probs.argmax(-1), self.num_experts).float().mean(0)
         self.aux_loss = self.aux_loss_weight * self.num_experts * (first_choice * probs.mean(0)).sum()
         self.last_dispatch = dispatch
-        return self.run_experts(tokens, dispatch).reshape(x.shape)
+        out = self.run_experts(routed, dispatch)
+        if real is not None:
+            out = out.new_zeros(tokens.shape[0], out.shape[1]).index_copy(0, real, out)
+        return out.reshape(x.shape)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_experts={self.num_experts}, top_k={self.top_k}, capacity_factor={self.capacity_factor}"
