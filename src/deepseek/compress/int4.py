@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 
 class Int4Linear(nn.Module):
-    """``nn.Linear`` with asymmetric 4-bit weights, one scale and zero point per ``group_size`` inputs.
+    """``nn.Linear`` with asymmetric 4-bit weights, one scale and offset per ``group_size`` inputs.
 
-    Buffers: ``packed`` (out, in_padded // 2) uint8, ``scale`` and ``zero`` (out, groups) fp16.
+    A weight is ``offset + scale * code`` with ``code`` in [0, 15] (the GPTQ/AWQ "min + scale * q" form):
+    ``offset`` is the group's minimum, so a group whose weights share one sign keeps all 16 levels.
+    Buffers: ``packed`` (out, in_padded // 2) uint8, ``scale`` and ``offset`` (out, groups) fp16.
     """
 
     def __init__(self, linear: nn.Linear, group_size: int = 32) -> None:
@@ -26,19 +28,18 @@ class Int4Linear(nn.Module):
         w = linear.weight.detach().float()
         pad = (-w.shape[1]) % group_size
         w = F.pad(w, (0, pad)).view(w.shape[0], -1, group_size)  # (out, groups, group_size)
-        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-        scale = ((hi - lo) / 15).clamp_min(1e-8)
-        zero = (-lo / scale).round().clamp(0, 15)
-        codes = (w / scale + zero).round().clamp(0, 15).to(torch.uint8).view(w.shape[0], -1)
+        offset, scale = _fp16_grid(w.amin(-1, keepdim=True), w.amax(-1, keepdim=True))
+        # codes are rounded against the stored fp16 offset and scale, so rounding them costs no extra error
+        codes = ((w - offset.float()) / scale.float()).round().clamp(0, 15).to(torch.uint8).view(w.shape[0], -1)
         self.register_buffer("packed", codes[:, 0::2] | (codes[:, 1::2] << 4))
-        self.register_buffer("scale", scale.squeeze(-1).half())
-        self.register_buffer("zero", zero.squeeze(-1).half())
+        self.register_buffer("scale", scale.squeeze(-1))
+        self.register_buffer("offset", offset.squeeze(-1))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def weight(self) -> torch.Tensor:
         """The dequantized fp32 weight ``(out, in)``."""
         codes = torch.stack([self.packed & 0xF, self.packed >> 4], dim=-1).view(self.out_features, -1, self.group_size)
-        w = (codes.float() - self.zero.float().unsqueeze(-1)) * self.scale.float().unsqueeze(-1)
+        w = self.offset.float().unsqueeze(-1) + codes.float() * self.scale.float().unsqueeze(-1)
         return w.view(self.out_features, -1)[:, : self.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,6 +48,21 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+
+
+def _fp16_grid(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp16 ``(offset, scale)`` per group from fp32 group ``lo``/``hi`` (same shapes) whose 16 levels span [lo, hi].
+
+    The offset is rounded down and the scale up to fp16 values, so ``offset + 15 * scale >= hi`` still holds
+    and no weight is clipped: the error stays within half a step.
+    """
+    offset = lo.half()
+    offset = torch.where(offset.float() > lo, torch.nextafter(offset, offset.new_tensor(float("-inf"))), offset)
+    tiny = torch.finfo(torch.float16).tiny  # a constant group still needs a nonzero, representable step
+    step = ((hi - offset.float()) / 15).clamp_min(tiny)
+    scale = step.half()
+    scale = torch.where(scale.float() < step, torch.nextafter(scale, scale.new_tensor(float("inf"))), scale)
+    return offset, scale
 
 
 def swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
