@@ -1,6 +1,6 @@
 """The quick start from Python: a hand-written ds.nn.Module trained by ds.Trainer on bundled digits.
 
-python examples/quickstart.py [--run-dir runs/quickstart-py]
+python examples/quickstart.py [--run-dir runs/quickstart-py] [--resume auto | --overwrite]
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class DigitNet(ds.Module):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", default="runs/quickstart-py")
+    again = parser.add_mutually_exclusive_group()  # a run directory that holds a run needs one of these
+    again.add_argument("--resume", help="'auto' continues the run in --run-dir")
+    again.add_argument("--overwrite", action="store_true", help="delete the earlier run in --run-dir first")
     args = parser.parse_args()
 
     ds.seed_everything(0)
@@ -57,7 +60,7 @@ def main() -> None:
         mode="max",
         log_every_steps=50,
     )
-    summary = trainer.fit(train, val)
+    summary = trainer.fit(train, val, resume=args.resume, overwrite=args.overwrite)
     print(f"validation accuracy {summary['val']['accuracy']:.4f} after {summary['steps']} steps")
 
 

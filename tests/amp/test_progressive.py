@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -122,3 +123,35 @@ def test_gradient_underflow_promotes_after_patience():
 def test_trainer_rejects_unknown_precision():
     with pytest.raises(ValueError, match="progressive"):
         ds.Trainer(nn.Linear(2, 2), precision="fp8", max_steps=1).fit([(torch.randn(2, 2), torch.tensor([0, 1]))])
+
+
+def _promote(policy: ProgressivePrecision, name: str) -> None:
+    """What ``observe()`` does on a promotion, without the statistics that lead to it."""
+    health = next(h for _, h in policy._modules if h.name == name)
+    health.promoted = True
+
+
+def _grads(model: nn.Module, x: torch.Tensor, promote: str, after_forward: bool) -> list[torch.Tensor]:
+    policy = ProgressivePrecision(model, scaler=ds.amp.GradScaler(enabled=False))
+    if not after_forward:
+        _promote(policy, promote)
+    with policy.autocast():
+        loss = model(x).float().pow(2).mean()
+    if after_forward:  # as if observe() ran between this forward and its backward
+        _promote(policy, promote)
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("after_forward", [False, True])
+def test_checkpointed_recompute_uses_the_precision_of_its_forward(after_forward):
+    """Activation checkpointing re-runs a block's forward in backward: a module promoted at the forward
+    must be promoted in the recompute too, and one promoted after it must not be."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(16, 16), nn.GELU()) for _ in range(3)], nn.Linear(16, 4))
+    plain = copy.deepcopy(model)
+    ds.nn.checkpoint_modules(model, r"[0-2]")  # blocks; the promoted Linear runs inside the recompute
+    x = torch.randn(8, 16)
+    expected = _grads(plain, x, "1.0", after_forward)
+    for a, b in zip(expected, _grads(model, x, "1.0", after_forward), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

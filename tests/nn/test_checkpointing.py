@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -32,6 +34,34 @@ def test_checkpointed_submodules_give_the_same_gradients():
     calls.clear()
     grads(model, x)
     assert len(calls) == 1
+
+
+def test_a_deep_copy_of_a_checkpointed_model_runs_its_own_weights():
+    """EMA's AveragedModel and the Quantizer deep-copy the model: the copy must not run the original."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(16, 16), nn.GELU()) for _ in range(3)], nn.Linear(16, 2))
+    reference = copy.deepcopy(model)  # never checkpointed
+    ds.nn.checkpoint_modules(model, r"[0-2]")
+    keys = list(model.state_dict())
+    clone = copy.deepcopy(model)
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        for p in clone[1].parameters():
+            p.zero_()
+        for p in reference[1].parameters():
+            p.zero_()
+    assert list(clone.state_dict()) == keys
+    with torch.no_grad():
+        same = torch.equal(clone(x), model(x))
+    assert not same, "the deep copy ran the original's weights"
+    torch.testing.assert_close(clone(x), reference(x), rtol=0, atol=0)
+    model.zero_grad()
+    for a, b in zip(grads(reference, x), grads(clone, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # recomputed in backward with the copy's weights
+    assert all(p.grad is None for p in model.parameters())  # nothing flowed into the original
+    ds.nn.checkpoint_modules(clone, r"[0-2]", enable=False)
+    assert "forward" not in clone[0].__dict__  # the class's forward again
+    torch.testing.assert_close(clone(x), reference(x), rtol=0, atol=0)
 
 
 def test_config_flag_enables_checkpointing(tmp_path):

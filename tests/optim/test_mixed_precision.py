@@ -120,3 +120,26 @@ def test_trainer_binds_it_and_trains_digits():
     summary = trainer.fit(train, DataLoader(splits.val, batch_size=256))
     assert optimizer.bound and model.layer[0].weight.dtype == torch.float16
     assert summary["val"]["accuracy"] > 0.9
+
+
+def test_load_state_dict_relinks_param_groups_so_a_scheduler_reaches_the_base_optimizer():
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = MixedPrecision(fp16_params=["layer.*"], loss_scale=1, lr=1e-3).bind(model)
+    optimizer.backward(model(torch.rand(4, 64)).mean())
+    optimizer.step()
+    resumed = MixedPrecision(fp16_params=["layer.*"], loss_scale=1, lr=1e-3).bind(Net())
+    resumed.load_state_dict(optimizer.state_dict())
+    # What a scheduler does: write the learning rate into the wrapper's param_groups.
+    torch.optim.lr_scheduler.LambdaLR(resumed, lambda step: 500.0)
+    assert resumed.param_groups[0]["lr"] == 0.5
+    assert resumed.base.param_groups[0]["lr"] == 0.5  # the base optimizer steps with it
+    assert resumed.base.state is resumed.state
+    # lr 0 makes AdamW's step a no-op: the masters stay put only if the base reads the wrapper's lr
+    for group in resumed.param_groups:
+        group["lr"] = 0.0
+    masters = [m.detach().clone() for _, m in resumed._pairs]
+    resumed.backward(sum(p.float().sum() for p, _ in resumed._pairs))
+    resumed.step()
+    for (_, m), before in zip(resumed._pairs, masters):
+        assert torch.equal(m, before)

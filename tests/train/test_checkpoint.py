@@ -79,3 +79,25 @@ def test_sigkill_during_a_write_leaves_the_previous_checkpoint_valid(tmp_path):
     assert mgr.latest_valid().name == "step-00000001"
     save(mgr, 3)  # the next save clears the debris
     assert not list(tmp_path.glob(".tmp-step-*"))
+
+
+
+def test_final_validation_that_improves_marks_the_checkpoint_already_saved_at_that_step_best(tmp_path):
+    """The last step's checkpoint is written on schedule before the run's final validation; when that
+    validation improves, best.json must name it (it was skipped: the step had been saved already)."""
+    from deepseek.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)]  # 8 batches: step 4 is mid-epoch
+    model = nn.Linear(4, 2)
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.05), max_steps=4, metrics=[],
+        val_every_epochs=None, val_every_steps=3,  # validations at step 3 and, at the end, at step 4
+        checkpoint_every_steps=4, checkpoint_every_minutes=None,  # step 4's checkpoint is due before that
+        run_dir=tmp_path, progress="off", tensorboard=False,
+    )  # fmt: skip
+    trainer.fit(batches, batches)  # convex, small steps: the validation loss falls from step 3 to step 4
+    assert trainer.best_checkpoint == "step-00000004"
+    assert CheckpointManager(tmp_path / "checkpoints").best().name == "step-00000004"

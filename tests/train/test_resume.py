@@ -1,4 +1,5 @@
-"""Exact resume: a run SIGKILLed mid-epoch and resumed ends bitwise equal to an uninterrupted one."""
+"""Exact resume: a run SIGKILLed mid-epoch and resumed ends bitwise equal to an uninterrupted one
+(also with the ``deepseek.optim.MixedPrecision`` optimizer under a warm-up schedule)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,22 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tests.conftest import run_cli, write_yaml
 
 KILLER = """
 import os, signal
+
+import torch
+from deepseek.optim import MixedPrecision
+
+def mixed_adamw(params, lr: float = 1e-3):
+    '''AdamW over fp32 masters: simple_cnn's convolutions stored in fp16, its head in bf16.'''
+    del params  # MixedPrecision takes the model when the Trainer binds it
+    return MixedPrecision(torch.optim.AdamW, fp16_params=["features.0.*", "features.3.*", "features.7.*"],
+                          bf16_params=["head.1.*"], loss_scale="dynamic", lr=lr)
 
 class KillAtStep:
     '''SIGKILLs its own process after optimizer step `step` when DS_TEST_KILL=1.'''
@@ -24,7 +35,10 @@ class KillAtStep:
 """
 
 
-def config(tmp_path: Path, num_workers: int) -> Path:
+OPTIMIZERS = {"adamw": "adamw", "mixed_precision": "killer:mixed_adamw"}
+
+
+def config(tmp_path: Path, num_workers: int, optimizer: str = "adamw") -> Path:
     return write_yaml(
         tmp_path / "cfg.yaml",
         {
@@ -39,7 +53,7 @@ def config(tmp_path: Path, num_workers: int) -> Path:
                     {"type": "GaussianNoise", "params": {"sigma": 0.05}},
                 ],
             },
-            "optim": {"name": "adamw", "lr": 3e-3},
+            "optim": {"name": OPTIMIZERS[optimizer], "lr": 3e-3},
             "scheduler": {"name": "warmup_cosine", "warmup_steps": 10},
             "train": {"max_epochs": 3, "ema_decay": 0.9, "grad_clip_norm": 1.0, "seed": 3},
             "checkpoint": {"every_steps": 5, "keep_last": 2, "monitor": "val/accuracy", "mode": "max"},
@@ -50,10 +64,11 @@ def config(tmp_path: Path, num_workers: int) -> Path:
     )
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, user_module, num_workers):
+@pytest.mark.slow
+@pytest.mark.parametrize(("num_workers", "optimizer"), [(0, "adamw"), (2, "adamw"), (0, "mixed_precision")])
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, user_module, num_workers, optimizer):
     env = user_module("killer", KILLER)
-    cfg = config(tmp_path, num_workers)
+    cfg = config(tmp_path, num_workers, optimizer)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 
     r = run_cli("train", str(cfg), "--run-dir", str(straight), env=env)
@@ -72,6 +87,8 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, user_modul
     a = load_file(straight / "final" / "model.safetensors")
     b = load_file(killed / "final" / "model.safetensors")
     assert a.keys() == b.keys()
+    if optimizer == "mixed_precision":  # the stored dtypes show the optimizer really was in use
+        assert a["features.0.weight"].dtype == torch.float16 and a["head.1.weight"].dtype == torch.bfloat16
     for k in a:
         assert a[k].equal(b[k]), f"{k} differs after resume"
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))

@@ -14,9 +14,12 @@ bf16) under autocast. After each backward, :meth:`ProgressivePrecision.observe` 
 - **gradient-norm spikes**: its unscaled gradient norm above ``spike_factor`` times its running
   mean (after ``warmup`` healthy steps).
 
-A promoted module runs with autocast disabled and its floating inputs cast to fp32. After
-``stable_steps`` healthy steps it is demoted again; each later promotion of that module doubles its
-window. All of this costs one device sync per step (one stacked statistics tensor read back).
+A promoted module runs with autocast disabled and its floating inputs cast to fp32, from the next
+``autocast()`` on; a checkpointed recompute during backward repeats the precision of its forward.
+After ``stable_steps`` healthy steps it is demoted again; each later promotion of that module doubles
+its window. All of this costs one device sync per step (one stacked statistics tensor read back).
+Under torch.distributed (DDP) the ranks decide on their statistics summed over all ranks (one small
+all-reduce per step), so all ranks promote alike and hold the same state.
 
 Written here because neither torch nor the libraries this project builds on offer per-module
 precision that adapts during training: torch.amp decides per op, once.
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from deepseek.amp import GradScaler, default_device_type
@@ -53,6 +57,7 @@ class _Health:
     name: str
     numel: int
     promoted: bool = False
+    fp32: bool = False  # computes in fp32 in the current autocast(): ``promoted`` as of entering it
     window: int = 0  # healthy steps before a demotion attempt
     stable: int = 0  # healthy steps since promotion
     streak_overflow: int = 0
@@ -67,6 +72,8 @@ class ProgressivePrecision:
 
     ``model``: the module to watch. ``dtype``: the low precision (fp16 by default; it is the one
     that overflows and underflows). ``device_type``: defaults to the model's device.
+    ``process_group``: the ranks training this model together, over which ``observe()`` sums its
+    statistics (default: torch.distributed's default group, when it is initialized).
     """
 
     precision = "progressive"
@@ -83,6 +90,7 @@ class ProgressivePrecision:
         warmup: int = 20,
         patience: int = 3,
         stable_steps: int = 500,
+        process_group: Any = None,
     ) -> None:
         param = next(model.parameters(), None)
         self.device_type = device_type or (param.device.type if param is not None else default_device_type())
@@ -92,6 +100,7 @@ class ProgressivePrecision:
         self.scaler = scaler
         self.underflow_share, self.spike_factor, self.warmup = underflow_share, spike_factor, warmup
         self.patience, self.stable_steps = patience, stable_steps
+        self.process_group = process_group
         self.tiny = torch.finfo(dtype).tiny
         self.total_numel = sum(p.numel() for p in model.parameters()) or 1
         self.steps = self.promotions = self.demotions = 0
@@ -112,6 +121,10 @@ class ProgressivePrecision:
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         """Autocast to the low dtype; promoted modules inside it compute in fp32."""
+        # Fixed for this forward: the recompute of a checkpointed block runs in backward, possibly
+        # after observe() has promoted a module, and must compute exactly what the forward did.
+        for _, h in self._modules:
+            h.fp32 = h.promoted
         self._active, self._off = True, []
         try:
             with torch.autocast(self.device_type, dtype=self.dtype):
@@ -121,22 +134,22 @@ class ProgressivePrecision:
 
     def _make_pre_hook(self, health: _Health) -> Any:
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            if not (self._active and health.promoted):
+            # Keyed to the autocast state, not to being inside autocast(): torch.utils.checkpoint
+            # re-enters the forward's autocast state for a recompute during backward, not this context.
+            if not (health.fp32 and self._low_autocast_enabled()):
                 return None
             off = torch.autocast(self.device_type, enabled=False)
             off.__enter__()
-            self._off.append(off)
+            self._off.append((health, off))
             return _to_fp32(args), _to_fp32(kwargs)
 
         return pre_hook
 
     def _make_hook(self, health: _Health) -> Any:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self._active:
-                return
-            if health.promoted and self._off:
-                self._off.pop().__exit__(None, None, None)
-            if torch.is_grad_enabled():
+            if self._off and self._off[-1][0] is health:
+                self._off.pop()[1].__exit__(None, None, None)
+            if self._active and torch.is_grad_enabled():  # not in a recompute: each forward counts once
                 out = output[0] if isinstance(output, tuple) else output
                 if isinstance(out, torch.Tensor) and out.is_floating_point():
                     if not health.amax:
@@ -145,14 +158,19 @@ class ProgressivePrecision:
 
         return hook
 
+    def _low_autocast_enabled(self) -> bool:
+        return torch.is_autocast_enabled(self.device_type) and torch.get_autocast_dtype(self.device_type) == self.dtype
+
     # ----------------------------------------------------------------------------- observe
     def observe(self) -> list[dict[str, Any]]:
         """Check every module after ``backward()`` (before ``scaler.step``); returns this step's events."""
         self.steps += 1
         scale = self.scaler.get_scale() if self.scaler is not None and self.scaler.is_enabled() else 1.0
-        order = self._order or [h for _, h in self._modules]
-        stats = torch.stack([self._stats(module, h) for module, h in self._modules]).tolist()
+        stats = self._gathered_stats()
         by_health = {id(h): row for (_, h), row in zip(self._modules, stats)}
+        # execution order: by mean position over the ranks (the same everywhere), registration order on ties
+        ran = sorted((row[5], i) for i, row in enumerate(stats) if row[5] < len(self._modules))
+        order = [self._modules[i][1] for _, i in ran] or [h for _, h in self._modules]
         rows = [(h, by_health[id(h)]) for h in order]
         events: list[dict[str, Any]] = []
         fwd_origin = next((h for h, r in rows if r[0] != r[0] or r[0] == float("inf")), None)
@@ -160,7 +178,7 @@ class ProgressivePrecision:
         if fwd_origin is None:
             bwd_origin = next((h for h, r in reversed(rows) if r[1] > 0), None)
         for _, h in self._modules:
-            _amax, nonfinite, sumsq, small, nonzero = by_health[id(h)]
+            _amax, nonfinite, sumsq, small, nonzero, _position = by_health[id(h)]
             if h.promoted:
                 healthy = nonfinite == 0 and fwd_origin is None
                 h.stable = h.stable + 1 if healthy else 0
@@ -191,6 +209,25 @@ class ProgressivePrecision:
         self._order = []
         self.events.extend(events)
         return events
+
+    def _gathered_stats(self) -> list[list[float]]:
+        """Per module, in registration order: ``_stats`` and the execution position (``len(modules)``
+        when it did not run), averaged over the ranks under torch.distributed: each rank sees its own
+        activations and, without DDP's gradient all-reduce, its own gradients, yet all must agree."""
+        never = len(self._modules)
+        position = {id(h): float(i) for i, h in enumerate(self._order)}
+        stats = torch.stack([self._stats(module, h) for module, h in self._modules])
+        positions = torch.tensor(
+            [position.get(id(h), never) for _, h in self._modules], dtype=stats.dtype, device=stats.device
+        )
+        stats = torch.cat([stats, positions[:, None]], dim=1)
+        world = dist.get_world_size(self.process_group) if dist.is_available() and dist.is_initialized() else 1
+        if world > 1:
+            # A sum keeps every check: a non-finite amax or gradient anywhere stays non-finite/non-zero,
+            # and the mean gradient norm and underflow share are those of the whole batch under DDP.
+            dist.all_reduce(stats, group=self.process_group)
+            stats /= world
+        return stats.tolist()  # the one device sync per step
 
     def _stats(self, module: nn.Module, h: _Health) -> torch.Tensor:
         """``[output amax, non-finite grads?, grad sum of squares, tiny non-zero count, non-zero count]``."""

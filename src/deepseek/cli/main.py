@@ -44,6 +44,21 @@ def _latest_run_dir() -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
 
 
+def _check_run_dir(args: argparse.Namespace, run_dir: str | Path) -> None:
+    """A new run must not mix with an earlier one in the same directory (``--resume auto`` would pick
+    up its checkpoints): checked before anything, even config.yaml, is written there."""
+    from deepseek.train.checkpoint import earlier_run
+
+    if args.overwrite and args.resume:
+        raise UsageError("--overwrite starts the run over and --resume continues it; give one of them")
+    if not (args.resume or args.overwrite) and (found := earlier_run(run_dir)):
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise UsageError(
+            f"--run-dir '{run_dir}' already holds an earlier run ({shown}); add --resume auto to continue it, "
+            "or --overwrite to delete that run's files and start over"
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
     from deepseek.train.build import build_run
@@ -57,11 +72,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run_dir is None:
             raise UsageError("--resume auto without --run-dir found no run under runs/ with checkpoints")
     run_dir = run_dir or _new_run_dir(cfg.model.name)
+    _check_run_dir(args, run_dir)
     run = build_run(cfg, run_dir, progress=args.progress)
     if run.trainer.run_dir is not None and os.environ.get("RANK", "0") == "0":
         print(f"run directory: {run_dir}", flush=True)
     try:
-        run.trainer.fit(run.train_loader, run.val_loader, resume=args.resume)
+        run.trainer.fit(run.train_loader, run.val_loader, resume=args.resume, overwrite=args.overwrite)
     except BaseException:
         shutdown_distributed(wait=False)
         raise
@@ -146,10 +162,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     cfg = load_config(path, overrides)  # fail fast, before starting N processes
     run_dir = args.run_dir or str(_new_run_dir(cfg.model.name))
+    _check_run_dir(args, run_dir)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
     cmd += ["-m", "deepseek", "train", path, *overrides, "--run-dir", run_dir]
     if args.resume:
         cmd += ["--resume", args.resume]
+    if args.overwrite:
+        cmd += ["--overwrite"]
     if args.progress:
         cmd += ["--progress", args.progress]
     print("launching: " + " ".join(cmd), flush=True)
@@ -172,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--run-dir", help="run directory (default: a new runs/<time>-<model>)")
         p.add_argument("--resume", help="'auto' (newest valid checkpoint of the run) or a checkpoint path")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="start over in a --run-dir that holds an earlier run: delete its checkpoints, best.json, "
+            "metrics, TensorBoard events, summary and final weights first (nothing else)",
+        )
         p.add_argument("--progress", choices=["auto", "bar", "plain", "off"], help="override logging.progress")
 
     train_like(p := sub.add_parser("train", help="train from a config", description="Train from a YAML config."))

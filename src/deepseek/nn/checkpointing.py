@@ -2,13 +2,16 @@
 
 ``checkpoint_modules(model, ["layers.0", "layers.1"])``, a regex, or module types: those modules
 recompute their forward during backward instead of keeping activations. Their parameters and
-``state_dict`` keys are untouched (the instance's ``forward`` is swapped, not the module), and
-``enable=False`` restores them.
+``state_dict`` keys are untouched (the instance's ``forward`` is swapped, not the module), a
+``copy.deepcopy`` of the model (EMA, quantization) runs its own weights, and ``enable=False``
+restores them.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,15 +47,22 @@ def checkpoint_modules(
         raise ValueError(f"checkpoint targets {targets!r} match no submodule")
     for _, m in chosen:
         if enable and "_ds_forward" not in m.__dict__:
-            original = m.forward
-            m._ds_forward = original
-
-            def forward(*args: Any, _f=original, **kwargs: Any) -> Any:
-                if torch.is_grad_enabled():
-                    return checkpoint(_f, *args, use_reentrant=False, **kwargs)
-                return _f(*args, **kwargs)
-
-            m.forward = forward
+            # A bound method, which copy.deepcopy re-binds to the copy (a closure would keep running
+            # the original's weights): EMA's AveragedModel and the Quantizer deep-copy the model.
+            m._ds_forward = m.__dict__.get("forward")  # an instance-level forward to keep, or None
+            m.forward = types.MethodType(_checkpointed_forward, m)
         elif not enable and "_ds_forward" in m.__dict__:
-            m.forward = m.__dict__.pop("_ds_forward")
+            inner = m.__dict__.pop("_ds_forward")
+            if inner is None:
+                del m.forward  # the class's forward again
+            else:
+                m.forward = inner
     return [name for name, _ in chosen]
+
+
+def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The swapped-in ``forward``: ``self`` is looked up at call time, so a deep copy runs its own weights."""
+    inner = self._ds_forward if self._ds_forward is not None else functools.partial(type(self).forward, self)
+    if torch.is_grad_enabled():
+        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+    return inner(*args, **kwargs)

@@ -207,8 +207,11 @@ class MixedPrecision(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("mixed_precision")
-        super().load_state_dict(state_dict)
-        self.base.state = self.state  # Optimizer.load_state_dict replaces self.state
+        # The base optimizer loads (its own __setstate__ fills its defaults); Optimizer.load_state_dict
+        # replaces both ``state`` and ``param_groups``, so re-link the wrapper to the new objects:
+        # a scheduler writes the lr into ``self.param_groups``, and the base must step with it.
+        self.base.load_state_dict(state_dict)
+        self.param_groups, self.state = self.base.param_groups, self.base.state
         self.scale, self._good_steps, self.skipped_steps = extra["scale"], extra["good_steps"], extra["skipped_steps"]
         with torch.no_grad():
             for (p, m), saved in zip([(p, m) for p, m in self._pairs if m is not p], extra["masters"]):

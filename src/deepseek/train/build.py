@@ -61,7 +61,7 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str |
     """Seed, then build model, data, optimizer, scheduler, loss, metrics, callbacks and the Trainer."""
     t = cfg.train
     seed_everything(t.seed, t.deterministic)
-    device = resolve_device(t.device)
+    device = resolve_device(t.device)  # auto/cuda -> cuda:<LOCAL_RANK>: under torchrun each rank its own GPU
     dist = init_distributed(device)
     model = build_model(cfg)
     if t.gradient_checkpointing:

@@ -25,11 +25,20 @@ import torch.nn as nn
 from safetensors.torch import load_model, save_model
 
 MODEL_FILE, STATE_FILE, META_FILE, BEST_FILE = "model.safetensors", "state.pt", "meta.json", "best.json"
+# The rest of what a run writes into its run directory (the RunLogger's metrics log and TensorBoard
+# events, the Trainer's summary and final weights); `deepseek train` rewrites config.yaml itself.
+CHECKPOINT_DIR, METRICS_FILE, TB_DIR, SUMMARY_FILE, FINAL_WEIGHTS = (
+    "checkpoints", "metrics.jsonl", "tb", "summary.json", "final/model.safetensors"
+)  # fmt: skip
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, partial or corrupt."""
+
+
+class RunDirInUseError(FileExistsError):
+    """Training into a run directory that holds an earlier run, without resuming or overwriting it."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,6 +101,8 @@ class CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"step-{step:08d}"
         if final.exists():
+            if best is not None:
+                self.mark_best(step, best)
             return final
         tmp = self.directory / f".tmp-step-{step:08d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -111,9 +122,13 @@ class CheckpointManager:
         os.rename(tmp, final)
         _fsync_dir(self.directory)
         if best is not None:
-            write_json_atomic(self.directory / BEST_FILE, {"name": final.name, **best})
+            self.mark_best(step, best)
         self.prune()
         return final
+
+    def mark_best(self, step: int, record: dict[str, Any]) -> None:
+        """Record the saved checkpoint ``step`` as the best one (``record``: monitor, value, step)."""
+        write_json_atomic(self.directory / BEST_FILE, {"name": f"step-{step:08d}", **record})
 
     def checkpoints(self) -> list[Path]:
         """Complete-looking checkpoint directories, oldest first."""
@@ -191,3 +206,46 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
     verify(path)
     load_weights(model, path / MODEL_FILE)
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------ run directories
+def earlier_run(run_dir: str | Path) -> list[str]:
+    """What marks ``run_dir`` as holding a run (its checkpoints, best.json, final weights), relative to it."""
+    run_dir = Path(run_dir)
+    ckpts = CheckpointManager(run_dir / CHECKPOINT_DIR)
+    found = [f"{CHECKPOINT_DIR}/{p.name}" for p in ckpts.checkpoints()]
+    found += [name for name in (f"{CHECKPOINT_DIR}/{BEST_FILE}", FINAL_WEIGHTS) if (run_dir / name).is_file()]
+    return found
+
+
+def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Before training into ``run_dir``: a new run (neither ``resume`` nor ``overwrite``) must not mix
+    with an earlier one (a later resume='auto' would pick up its checkpoints); ``overwrite`` deletes the
+    earlier run's files first (on the main rank only; the others only read)."""
+    if overwrite and is_main:
+        remove_earlier_run(run_dir)
+    elif not (resume or overwrite) and (found := earlier_run(run_dir)):
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise RunDirInUseError(
+            f"run_dir '{run_dir}' already holds an earlier run ({shown}); pass resume='auto' to continue it, "
+            "or overwrite=True to delete that run's files and start over"
+        )
+
+
+def remove_earlier_run(run_dir: str | Path) -> None:
+    """Delete what a training run wrote into ``run_dir``: checkpoints (and their temporary directories),
+    best.json, the metrics log, TensorBoard event files, summary.json and the final weights. Files it
+    did not write stay, and so do the directories that still hold them."""
+    run_dir = Path(run_dir)
+    ckpt_dir, tb_dir, final = run_dir / CHECKPOINT_DIR, run_dir / TB_DIR, run_dir / FINAL_WEIGHTS
+    for path in CheckpointManager(ckpt_dir).checkpoints() + sorted(ckpt_dir.glob(".tmp-step-*")):
+        shutil.rmtree(path, ignore_errors=True)
+    files = [ckpt_dir / BEST_FILE, run_dir / METRICS_FILE, run_dir / SUMMARY_FILE, final]
+    files += sorted(tb_dir.glob("events.out.tfevents.*"))
+    # write_text_atomic's temporary files, left behind by a kill mid-write
+    files += sorted(ckpt_dir.glob(f".{BEST_FILE}.tmp-*")) + sorted(run_dir.glob(f".{SUMMARY_FILE}.tmp-*"))
+    for path in files:
+        path.unlink(missing_ok=True)
+    for directory in (ckpt_dir, tb_dir, final.parent):
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()

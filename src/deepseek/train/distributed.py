@@ -1,22 +1,36 @@
 """Process-group set-up from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
-Backend: ``DS_DIST_BACKEND`` if set, else nccl on CUDA and gloo on CPU.
+Backend: ``DS_DIST_BACKEND`` if set, else nccl on CUDA and gloo on CPU. Each rank works on
+``cuda:<LOCAL_RANK>``; collectives run on the group's device (NCCL has no CPU collectives).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+CPU_BACKENDS = ("gloo", "mpi")  # backends that reduce CPU tensors
+
+# The default group init_distributed created from torchrun's environment (None: none, or the
+# user's own), and how many it has created (each gets rendezvous keys of its own).
+_created_group: Any = None
+_groups_created = 0
+
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This rank's place in the world; ``comm_device``: where the group's collectives run."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    comm_device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -27,10 +41,21 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else ``cpu``."""
+def local_rank_from_env() -> int:
+    """torchrun's ``LOCAL_RANK`` (0 in a plain process)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(device: str | torch.device, local_rank: int | None = None) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else ``cpu``; ``cuda`` -> ``cuda:<local_rank>``.
+
+    ``local_rank`` defaults to torchrun's ``LOCAL_RANK``, so each rank owns its own GPU. An explicit
+    index (``cuda:0``) is kept: with one visible GPU per rank (``CUDA_VISIBLE_DEVICES``) it is right.
+    """
     if isinstance(device, torch.device):
         return device
+    if local_rank is None:
+        local_rank = local_rank_from_env()
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(device)
@@ -39,19 +64,50 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
     return dev
 
 
+def comm_device(backend: str, device: torch.device) -> torch.device:
+    """Where a ``backend`` group's collectives run: the CPU for gloo/mpi (or a group with a ``cpu:``
+    backend), else this rank's accelerator: ``device``, or the current one when ``device`` is the CPU."""
+    if backend in CPU_BACKENDS or "cpu:" in backend:
+        return torch.device("cpu")
+    if device.type != "cpu":
+        return device
+    acc = torch.accelerator.current_accelerator()  # e.g. the user's NCCL group and a CPU-side Trainer
+    return torch.device(acc.type, torch.accelerator.current_device_index()) if acc is not None else device
+
+
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes; a plain process gets a world of one."""
+    """Join the process group torchrun describes; a plain process gets a world of one.
+
+    ``device`` is this rank's device (``cuda:<LOCAL_RANK>`` from :func:`resolve_device`); on CUDA it
+    becomes the current device and the group's ``device_id``. An existing group (the user's, or
+    one made earlier) is joined as it is.
+    """
+    global _created_group, _groups_created
+    local_rank = local_rank_from_env()
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+        backend = str(dist.get_backend())
+        return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), comm_device(backend, device))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     backend = os.environ.get("DS_DIST_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
+    bind: dict[str, Any] = {}
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size())
+        torch.cuda.set_device(device)  # kernels and NCCL calls without an explicit device land here
+        bind["device_id"] = device
+    # torch names every new default group "0", so a group made after another was destroyed (a second
+    # fit()) would find the first one's stale addresses under the same keys in torchrun's store, and
+    # could hang; keys of each group's own avoid that. The ranks agree on the count: they run the same code.
+    store, rank, world = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"deepseek-group-{_groups_created}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, **bind)
+    _created_group, _groups_created = dist.group.WORLD, _groups_created + 1
+    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), comm_device(backend, device))
+
+
+def owns_process_group() -> bool:
+    """True while the default group is one :func:`init_distributed` created (not the user's own)."""
+    return _created_group is not None and dist.is_initialized() and dist.group.WORLD is _created_group
 
 
 def shutdown_distributed(*, wait: bool = True) -> None:
@@ -61,15 +117,41 @@ def shutdown_distributed(*, wait: bool = True) -> None:
     with SIGABRT ("terminate called without an active exception") while rank 0 is still writing.
     On an error path pass ``wait=False``: a barrier would hang waiting for a rank that is gone.
     """
+    global _created_group
     if not (dist.is_available() and dist.is_initialized()):
         return
     if wait:
         dist.barrier()
     dist.destroy_process_group()
+    _created_group = None
+
+
+@contextlib.contextmanager
+def leaving_own_process_group() -> Iterator[None]:
+    """Run a block, then leave the process group if :func:`init_distributed` created it.
+
+    On success all ranks meet at a barrier first; on an error there is none (the failed rank's
+    peers may never arrive). A group the user created stays theirs, for them to destroy.
+    """
+    try:
+        yield
+    except BaseException:
+        if owns_process_group():
+            shutdown_distributed(wait=False)
+        raise
+    if owns_process_group():
+        shutdown_distributed()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum ``t`` over ranks in place (a no-op in a world of one)."""
+    """Sum ``t`` over ranks in place (a no-op in a world of one); returns ``t``.
+
+    The reduction runs on ``info.comm_device`` (NCCL rejects CPU tensors): a tensor elsewhere, e.g.
+    a metric's exact float64 sums kept on the CPU, is copied there and its sum copied back.
+    """
     if info.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        on_group = t.to(info.comm_device)
+        dist.all_reduce(on_group, op=dist.ReduceOp.SUM)
+        if on_group is not t:
+            t.copy_(on_group)
     return t

@@ -17,6 +17,7 @@ The default step expects ``(inputs, targets)`` batches. Otherwise pass
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,12 +37,13 @@ from deepseek.train.batching import split_batch, windows
 from deepseek.train.callbacks import CallbackList, EarlyStopping, Monitor
 from deepseek.train.checkpoint import (
     CheckpointManager,
+    claim_run_dir,
     load_checkpoint,
     resolve_checkpoint,
     save_weights,
     write_json_atomic,
 )
-from deepseek.train.distributed import DistInfo, init_distributed, resolve_device
+from deepseek.train.distributed import DistInfo, init_distributed, leaving_own_process_group, resolve_device
 from deepseek.train.evaluate import evaluate
 from deepseek.train.logger import RunLogger
 from deepseek.train.precision import PrecisionPolicy
@@ -127,15 +129,17 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- set-up
     def _setup(self, train_data: Iterable[Any], resume: str | Path | None) -> None:
-        self.dist: DistInfo = init_distributed(self.device)
-        if self.device.type == "cuda" and self.dist.enabled:
-            self.device = resolve_device("auto", self.dist.local_rank)
+        self.dist: DistInfo = init_distributed(self.device)  # self.device is already this rank's (LOCAL_RANK)
         self.model.to(self.device)
         if getattr(self.optimizer, "bound", True) is False:  # deepseek.optim.MixedPrecision built without a model
             self.optimizer.bind(self.model)
         if getattr(self, "policy", None) is None:  # kept across fit() calls (progressive precision's hooks)
             self.policy = PrecisionPolicy.create(self.precision_arg, self.device, self.model)
         self._on_cpu = self.device.type == "cpu"
+        if self.run_dir is not None and getattr(self, "_claimed_run_dir", None) != self.run_dir:
+            # A second run here would mix with the first; a second fit() of this Trainer continues its own.
+            claim_run_dir(self.run_dir, resume=resume is not None, overwrite=self._overwrite, is_main=self.dist.is_main)
+            self._claimed_run_dir = self.run_dir
         self.ema = None
         if self.ema_decay is not None:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
@@ -200,18 +204,49 @@ class Trainer:
         val_data: Iterable[Any] | None = None,
         *,
         resume: str | Path | None = None,
+        overwrite: bool = False,
     ) -> dict[str, Any]:
         """Train and return the run summary.
 
         ``resume='auto'`` continues from the newest valid checkpoint in ``run_dir`` (fresh start when
-        there is none); a path resumes from that checkpoint (or the newest in that directory).
+        there is none); a path resumes from that checkpoint (or the newest in that directory). A
+        ``run_dir`` that holds an earlier run's checkpoints needs ``resume``, or ``overwrite=True``,
+        which deletes that run's checkpoints, logs, summary and final weights first; otherwise this
+        raises ``deepseek.train.checkpoint.RunDirInUseError`` (a FileExistsError).
+
+        Under torchrun, fit() joins the default process group, creating it from the environment
+        when there is none; a group it (or ``Trainer.from_config``) created, it also tears down
+        when it returns, after a barrier, or at once when it raises. A group you created with
+        ``torch.distributed.init_process_group`` stays yours: create one to keep it after fit(),
+        e.g. to ``validate()`` across ranks afterwards.
         """
+        if overwrite and resume is not None:
+            raise ValueError(f"fit(): overwrite=True starts the run over, resume={resume!r} continues it; pass one")
+        self._overwrite = overwrite
         if train_data is None:
             train_data = getattr(self, "train_data", None)
             val_data = val_data if val_data is not None else getattr(self, "val_data", None)
             if train_data is None:
                 raise ValueError("fit() needs train_data (only a Trainer built from a config has its own)")
         self._train_data = train_data
+        with leaving_own_process_group():
+            try:
+                return self._run(train_data, val_data, resume)
+            finally:
+                self._unwrap_ddp()
+
+    def _unwrap_ddp(self) -> None:
+        """Free the DDP wrapper while its process group still lives. DDP sits in a reference cycle that
+        the GC frees later, holding the GIL; if its reducer were the group's last owner by then, a gloo
+        group's destructor would wait for a worker thread that waits for the GIL: a hang."""
+        if isinstance(getattr(self, "train_model", None), DistributedDataParallel):
+            self.train_model = self._step.train_model = self.model
+            gc.collect()
+
+    def _run(
+        self, train_data: Iterable[Any], val_data: Iterable[Any] | None, resume: str | Path | None
+    ) -> dict[str, Any]:
+        """fit()'s set-up, loop and finish, inside its process-group scope."""
         self._setup(train_data, resume)
         self._t_start = self._t_log = self._t_ckpt = time.monotonic()
         self._losses: list[Any] = []
@@ -362,11 +397,15 @@ class Trainer:
         }
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
-        if self.ckpt is None or self._last_ckpt_step == self.global_step:
+        if self.ckpt is None:
             return None
         record = {"monitor": self.best.monitor, "value": self.best.best, "step": self.global_step} if best else None
         if best:
             self.best_checkpoint = f"step-{self.global_step:08d}"
+        if self._last_ckpt_step == self.global_step:  # saved on schedule, before a validation that improved
+            if record is not None:
+                self.ckpt.mark_best(self.global_step, record)
+            return None
         path = self.ckpt.save(self.global_step, self.model, self.state_dict(), best=record)
         self._last_ckpt_step, self._t_ckpt = self.global_step, time.monotonic()
         self.callbacks("on_checkpoint", self, path)
