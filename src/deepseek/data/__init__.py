@@ -5,6 +5,8 @@ from __future__ import annotations
 from deepseek.data import (  # noqa: F401  (register their datasets)
     bundled,
     folders,
+    subset,  # noqa: F401  (a fixed handful of another dataset's samples)
+    tasks,  # noqa: F401  (the task datasets: LM, seq2seq, CTC, segmentation, points, graphs, series)
     transforms,  # noqa: F401  (registers the transforms)
 )
 from deepseek.data import datasets as _datasets  # noqa: F401  (registers the builders)

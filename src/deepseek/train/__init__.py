@@ -1,5 +1,6 @@
 """Training: the Trainer, checkpoints, callbacks, metrics, precision and distributed set-up."""
 
+from deepseek.train import losses, task_metrics  # noqa: F401  (register the task losses and metrics)
 from deepseek.train.callbacks import CallbackList, EarlyStopping
 from deepseek.train.checkpoint import CheckpointError, CheckpointManager
 from deepseek.train.metrics import Accuracy

@@ -18,6 +18,8 @@ def move_to(batch: Any, device: torch.device) -> Any:
         return type(batch)(move_to(b, device) for b in batch)
     if isinstance(batch, dict):
         return {k: move_to(v, device) for k, v in batch.items()}
+    if callable(getattr(batch, "to", None)):  # objects that move their own tensors: ds.data.graph.Graph batches
+        return batch.to(device)
     return batch
 
 

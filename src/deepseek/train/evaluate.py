@@ -43,9 +43,10 @@ def evaluate(
             loss, outputs, targets = eval_step(model, batch)
         n = batch_size_of(batch)
         sums += torch.tensor([float(loss) * n, n], dtype=torch.float64)
-        if outputs is not None:
+        if outputs is not None and metrics:
+            outputs = as_float32(outputs)
             for m in metrics:
-                m.update(outputs.float(), targets)
+                m.update(outputs, targets)
     all_reduce_sum(sums, dist)
     result = {"val/loss": sums[0].item() / max(sums[1].item(), 1.0)}
     for m in metrics:
@@ -54,3 +55,20 @@ def evaluate(
         result[f"val/{m.name}"] = float(m.compute())
     model.train(was_training)
     return result
+
+
+def as_float32(outputs: Any) -> Any:
+    """Outputs as metrics see them: a tensor as float32; in a tuple, list or dict (a VAE's ``(recon, mu,
+    logvar)``) each floating tensor as float32 and other items (e.g. integer ids) as they are."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, (tuple, list)):
+        items = [_floating_as_float32(o) for o in outputs]
+        return type(outputs)(*items) if hasattr(outputs, "_fields") else type(outputs)(items)  # namedtuple
+    if isinstance(outputs, dict):
+        return {k: _floating_as_float32(v) for k, v in outputs.items()}
+    return outputs
+
+
+def _floating_as_float32(item: Any) -> Any:
+    return item if isinstance(item, torch.Tensor) and not item.is_floating_point() else as_float32(item)
