@@ -61,3 +61,10 @@ def test_deepseek_list_prints_each_kind(capsys, kind):
         assert REGISTRIES[kind].display_name(name) in out
     if kind == "transforms":
         assert "[vision]" in out and "[pointcloud]" in out
+
+
+def test_unknown_loss_names_the_kind_in_the_singular():
+    from deepseek import registry
+
+    with pytest.raises(registry.RegistryError, match=r"^unknown loss 'nope'"):
+        registry.losses.get("nope")

@@ -18,6 +18,11 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def singular(kind: str) -> str:
+    """``losses`` -> ``loss``, ``models`` -> ``model``: the kind as an error message names one entry."""
+    return kind[:-2] if kind.endswith("sses") else kind.removesuffix("s")
+
+
 class RegistryError(LookupError):
     """An unknown name or an import path that does not resolve; the message lists what exists."""
 
@@ -71,7 +76,7 @@ class Registry:
         hint = f" did you mean {', '.join(repr(c) for c in shown)}?" if close else ""
         listed = ", ".join(sorted(self._display[k] for k in self._entries)) or "(none)"
         return (
-            f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} '{name}';{hint}"
+            f"unknown {singular(self.kind)} '{name}';{hint}"
             f" registered: {listed}; or give an import path such as 'my_pkg.module:Name'"
         )
 

@@ -21,7 +21,7 @@ NEEDS_TOOLS = pytest.mark.skipif(
 )
 BUILTIN = {
     "digits": (1437, 360, 10), "iris": (120, 30, 3), "wine": (142, 36, 3), "breast_cancer": (455, 114, 2),
-    "diabetes": (354, 88, None), "mnist": (4000, 1000, 10), "chatterbot_topics": (1180, 295, 10),
+    "diabetes": (354, 88, None), "mnist": (4000, 1000, 10), "chatterbot_topics": (1160, 291, 10),
     "synthetic_classification": (1638, 410, 4),
 }  # fmt: skip
 
@@ -86,5 +86,17 @@ def test_generic_loaders(tmp_path):
 
 
 def test_every_registered_dataset_is_covered():
-    covered = set(BUILTIN) | {"spoken_digits", "image_folder", "wav_folder", "table", "jsonl_text"}
+    from tests.data.test_task_datasets import COVERED  # the task datasets and `subset`, tested there
+
+    covered = set(BUILTIN) | {"spoken_digits", "image_folder", "wav_folder", "table", "jsonl_text"} | set(COVERED)
     assert set(datasets.names()) == covered
+
+
+def test_chatterbot_topics_keeps_a_bare_string_conversation_whole():
+    """trivia.yml has one conversation that is a bare string, not a list of lines: iterating it gave
+    one single-character "utterance" per letter."""
+    pytest.importorskip("chatterbot_corpus")
+    splits = build_dataset("chatterbot_topics", val_fraction=0.2)
+    texts = [t for ds_ in (splits.train, splits.val) for t, _ in ds_]
+    assert not {"b", "g", "w", "k", "p"} & set(texts)  # letters of that line, which no real answer is
+    assert any(t.startswith("In a game of bingo") for t in texts)

@@ -83,7 +83,7 @@ def chatterbot_topics(val_fraction: Fraction = 0.2, seed: int = 0) -> DatasetSpl
     texts, labels, seen = [], [], set()
     for label, topic in enumerate(TOPICS):
         for conversation in yaml.safe_load((root / f"{topic}.yml").read_text(encoding="utf-8"))["conversations"]:
-            for line in conversation:
+            for line in [conversation] if isinstance(conversation, str) else conversation:  # one is a bare line
                 text = str(line).strip()
                 if text and text.lower() not in seen:
                     seen.add(text.lower())
