@@ -16,6 +16,7 @@ from deepseek.amp import ProgressivePrecision
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_example_progressive_matches_fp32_where_plain_fp16_fails(tmp_path):
     """The acceptance run: examples/progressive_precision.py (fp32, plain fp16, progressive fp16)."""
     out, run_dir = tmp_path / "cmp.json", tmp_path / "run"

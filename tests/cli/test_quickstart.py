@@ -21,6 +21,7 @@ def quickstart_run(tmp_path_factory):
     return run_dir, r
 
 
+@pytest.mark.slow
 def test_reaches_97_percent_and_writes_the_run_directory(quickstart_run):
     run_dir, r = quickstart_run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -37,6 +38,7 @@ def test_reaches_97_percent_and_writes_the_run_directory(quickstart_run):
     assert "run summary" in r.stdout and "step 20/345" in r.stdout  # plain lines: stdout is not a TTY
 
 
+@pytest.mark.slow
 def test_eval_reports_the_same_accuracy(quickstart_run):
     run_dir, _ = quickstart_run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -66,6 +68,7 @@ def test_help_on_each_command(command):
     assert exc.value.code == 0
 
 
+@pytest.mark.slow
 def test_python_example_runs(tmp_path):
     r = subprocess.run(
         [sys.executable, str(REPO / "examples" / "quickstart.py"), "--run-dir", str(tmp_path / "py")],

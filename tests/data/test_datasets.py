@@ -37,6 +37,7 @@ def test_bundled_dataset_loads_offline_with_seeded_stratified_splits(name):
     assert [again.val[i][1] for i in range(5)] == [splits.val[i][1] for i in range(5)]
 
 
+@pytest.mark.slow
 @NEEDS_TOOLS
 def test_spoken_digits_are_generated_the_same_every_time(tmp_path):
     a = synthesize_spoken_digits(tmp_path / "a")

@@ -54,6 +54,7 @@ def test_dict_input_model_through_tensor_inputs_with_dynamic_batch_and_length(tm
     assert verify_onnx(path, model, other) < 1e-5 and run_onnx(onnx_session(path), other)[0].shape == (5, 3)
 
 
+@pytest.mark.slow
 def test_minilm_exports_with_input_ids_and_attention_mask(tmp_path):
     pytest.importorskip("transformers")
     model = TensorInputs(ds.models.build("minilm", num_classes=4), ["input_ids", "attention_mask"]).eval()

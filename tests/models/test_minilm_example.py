@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_minilm_comparison_example_runs(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "cmp.json"

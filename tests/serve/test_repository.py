@@ -13,6 +13,7 @@ from tests.conftest import run_cli, write_yaml
 from tests.serve.conftest import digits_samples
 
 
+@pytest.mark.slow
 def test_a_run_directory_serves_as_default_and_its_name_with_onnx_versions(model_dir, tmp_path):
     run = tmp_path / "my-run"
     shutil.copytree(model_dir / "digits", run)
@@ -94,6 +95,7 @@ def test_tensor_spec_checks_shape_dtype_and_dynamic_axes():
         two.parse([{"a": [1, 2], "c": [0.5]}])
 
 
+@pytest.mark.slow
 def test_bad_model_directories_exit_2_and_say_why(tmp_path, model_dir):
     r = run_cli("serve", "--model_dir", str(tmp_path / "missing"))
     assert r.returncode == 2 and "no such directory" in r.stderr and "Traceback" not in r.stderr

@@ -180,6 +180,7 @@ def test_api_key(model_dir, tmp_path):
         s.kill(signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_a_killed_server_finishes_accepted_jobs_after_restart(model_dir, tmp_path):
     db = str(tmp_path / "jobs.sqlite")
     s = ServerProcess(model_dir, "--jobs-db", db).start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -43,6 +44,8 @@ class Record:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_gloo_ranks_match_each_other_and_one_process(tmp_path, user_module):
     env = {**user_module("recorder", RECORDER), "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
     base = {
