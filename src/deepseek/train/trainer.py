@@ -32,14 +32,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from deepseek.jit_compile import JitFunction, jit, unjit
 from deepseek.registry import metrics as metric_registry
-from deepseek.train import rng
 from deepseek.train.batching import split_batch, windows
 from deepseek.train.callbacks import CallbackList, EarlyStopping, Monitor
 from deepseek.train.checkpoint import (
     CheckpointManager,
     claim_run_dir,
-    load_checkpoint,
-    resolve_checkpoint,
     save_weights,
     write_json_atomic,
 )
@@ -49,11 +46,12 @@ from deepseek.train.logger import RunLogger
 from deepseek.train.precision import PrecisionPolicy
 from deepseek.train.report import log_precision_events, run_summary, step_values
 from deepseek.train.step import OptimizerStep
+from deepseek.train.trainer_state import TrainerState
 
 StepFn = Callable[[nn.Module, Any], Any]
 
 
-class Trainer:
+class Trainer(TrainerState):
     """Fit a model. See the module docstring; arguments mirror the config's ``train``, ``checkpoint``
     and ``logging`` sections. ``scheduler`` is an LR scheduler or ``f(optimizer, total_steps)``,
     stepped once per optimizer step. ``run_dir=None`` writes nothing to disk."""
@@ -369,73 +367,6 @@ class Trainer:
         inputs, targets = split_batch(batch)
         outputs = model(inputs)
         return self.loss_fn(outputs, targets), outputs, targets
-
-    # ------------------------------------------------------------------------------ checkpoints
-    _PROGRESS = ("global_step", "epoch", "batch_in_epoch", "should_stop", "stop_reason")
-
-    def _stateful(self) -> dict[str, Any]:
-        """The parts whose ``state_dict()`` a checkpoint holds (None where a part is unused)."""
-        return {
-            "optimizer": self.optimizer,
-            "scheduler": self.scheduler,
-            "scaler": self.policy.scaler,
-            "precision": self.policy if hasattr(self.policy, "state_dict") else None,  # progressive
-            "ema": self.ema,
-            "callbacks": self.callbacks,
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything but the weights that exact resume needs; loadable with ``weights_only=True``."""
-        return {
-            **{k: getattr(self, k) for k in self._PROGRESS},
-            **{k: part.state_dict() if part is not None else None for k, part in self._stateful().items()},
-            "wall_s": self._wall_before + time.monotonic() - self._t_start,
-            "rng": rng.rng_state(),
-            "best": {**self.best.state_dict(), "checkpoint": self.best_checkpoint},
-            "last_val_metrics": self.last_val_metrics,
-            "data": self._train_data.state_dict() if hasattr(self._train_data, "state_dict") else None,
-        }
-
-    def save_checkpoint(self, best: bool = False) -> Path | None:
-        if self.ckpt is None:
-            return None
-        record = {"monitor": self.best.monitor, "value": self.best.best, "step": self.global_step} if best else None
-        if best:
-            self.best_checkpoint = f"step-{self.global_step:08d}"
-        if self._last_ckpt_step == self.global_step:  # saved on schedule, before a validation that improved
-            if record is not None:
-                self.ckpt.mark_best(self.global_step, record)
-            return None
-        path = self.ckpt.save(self.global_step, self.model, self.state_dict(), best=record)
-        self._last_ckpt_step, self._t_ckpt = self.global_step, time.monotonic()
-        self.callbacks("on_checkpoint", self, path)
-        return path
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (the weights are loaded separately)."""
-        for k, part in self._stateful().items():
-            if part is not None and state.get(k) is not None:
-                part.load_state_dict(state[k])
-        for k in self._PROGRESS:
-            setattr(self, k, state[k])
-        self.best.load_state_dict(state["best"])
-        self.best_checkpoint = state["best"].get("checkpoint")
-        self.last_val_metrics = dict(state["last_val_metrics"])
-        self._wall_before = float(state["wall_s"])
-        self._data_state = state.get("data")
-        rng.set_rng_state(state["rng"])
-
-    def _restore(self, resume: str | Path) -> Path | None:
-        if str(resume) == "auto":
-            if self.ckpt is None:
-                raise ValueError("resume='auto' needs a run_dir")
-            path = self.ckpt.latest_valid()
-            if path is None:
-                return None
-        else:
-            path = resolve_checkpoint(resume)
-        self.load_state_dict(load_checkpoint(path, self.model))
-        return path
 
     # ---------------------------------------------------------------------------------- finish
     def _finish(self, val_data: Iterable[Any] | None) -> dict[str, Any]:
