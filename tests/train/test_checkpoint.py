@@ -100,4 +100,9 @@ def test_final_validation_that_improves_marks_the_checkpoint_already_saved_at_th
     )  # fmt: skip
     trainer.fit(batches, batches)  # convex, small steps: the validation loss falls from step 3 to step 4
     assert trainer.best_checkpoint == "step-00000004"
-    assert CheckpointManager(tmp_path / "checkpoints").best().name == "step-00000004"
+    best = CheckpointManager(tmp_path / "checkpoints").best()
+    assert best.name == "step-00000004"
+    # and that checkpoint's own state knows it (a resumed run must not take a worse value for an improvement)
+    state = torch.load(best / "state.pt", weights_only=True)
+    assert state["best"]["checkpoint"] == "step-00000004"
+    assert state["best"]["best"] == trainer.best.best == state["last_val_metrics"]["val/loss"]

@@ -107,12 +107,26 @@ def test_each_rank_binds_the_gpu_of_its_local_rank(rank1_of_2, two_gpus, device)
     assert [(i.get("backend"), i.get("device_id")) for i in rank1_of_2] == [("nccl", CUDA1)]
 
 
-@pytest.mark.parametrize(
-    ("device", "expected"), [("auto", CUDA1), ("cuda", CUDA1), ("cuda:0", torch.device("cuda", 0))]
-)
-def test_trainer_resolves_cuda_with_local_rank_and_keeps_an_explicit_index(rank1_of_2, two_gpus, device, expected):
-    assert resolve_device(device) == expected
-    assert ds.Trainer(nn.Linear(2, 2), device=device).device == expected
+@pytest.mark.parametrize("device", ["auto", "cuda", "cuda:0", torch.device("cuda"), torch.device("cuda", 0)])
+def test_under_torchrun_every_cuda_spelling_means_the_gpu_of_the_local_rank(rank1_of_2, two_gpus, device):
+    """``cuda:0`` in a config shared by all ranks would put every rank on GPU 0 (NCCL: duplicate GPU)."""
+    assert resolve_device(device) == CUDA1
+    assert ds.Trainer(nn.Linear(2, 2), device=device).device == CUDA1
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cuda:0", torch.device("cuda")])
+def test_with_one_visible_gpu_per_rank_each_rank_uses_cuda_0(rank1_of_2, two_gpus, monkeypatch, device):
+    """CUDA_VISIBLE_DEVICES / SLURM --gpus-per-task=1: rank 1 sees its own GPU as cuda:0, not cuda:1."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device(device) == torch.device("cuda", 0)
+
+
+def test_one_process_keeps_an_explicit_index_and_fills_a_missing_one(two_gpus, monkeypatch):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert resolve_device("cuda:1") == CUDA1
+    assert resolve_device(torch.device("cuda")) == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 # ------------------------------------------------------------------ 3. process-group ownership
@@ -231,3 +245,15 @@ def test_python_fit_under_torchrun_exits_cleanly_on_both_ranks(tmp_path):
     assert "terminate called" not in out, out[-4000:]
     assert sorted(p.name for p in tmp_path.glob("*.ok")) == ["rank0.ok", "rank1.ok"]  # both got to the end
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_validate_across_ranks_without_a_group_says_why(monkeypatch):
+    """After fit() left the group it created, trainer.dist still describes 2 ranks: validate() must say
+    what is missing, not fail inside a collective."""
+    from deepseek.train.distributed import DistInfo
+
+    model, batches = tiny_classifier()
+    trainer = ds.Trainer(model, metrics=[], progress="off")
+    trainer.dist = DistInfo(rank=0, local_rank=0, world_size=2)
+    with pytest.raises(RuntimeError, match=r"validate\(\) over 2 ranks needs a process group"):
+        trainer.validate(batches)

@@ -110,3 +110,22 @@ def test_an_empty_or_unused_run_dir_is_fine(tmp_path):
     (run_dir / "config.yaml").write_text("model: {}\n")  # `deepseek train` writes it before fit()
     make_trainer(run_dir, max_steps=2).fit(batches())
     assert step_dirs(run_dir) == ["step-00000002"]
+
+
+@pytest.mark.parametrize("left", ["metrics.jsonl", "summary.json", "tb/events.out.tfevents.1.host"])
+def test_a_run_that_left_only_logs_counts_as_a_run_and_a_refused_fit_leaves_the_model_alone(tmp_path, left):
+    """A run killed before its first checkpoint (or run without checkpoints) left its logs: a new run
+    would append to them. The refusal comes before fit() touches the model (device, dtype)."""
+    run_dir = tmp_path / "run"
+    (run_dir / left).parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / left).write_text("{}\n")
+    from deepseek.optim import MixedPrecision
+
+    model = nn.Linear(3, 2)
+    binding = MixedPrecision(torch.optim.SGD, bf16_params=["weight", "bias"], lr=0.1)  # fit() would cast them
+    trainer = ds.Trainer(model, binding, max_steps=2, progress="off", tensorboard=False, metrics=(), run_dir=run_dir)
+    with pytest.raises(FileExistsError, match=left.split("/")[0]):
+        trainer.fit(batches())
+    assert model.weight.dtype == torch.float32 and binding.bound is False
+    make_trainer(run_dir, max_steps=2).fit(batches(), overwrite=True)
+    assert not list((run_dir / "tb").glob("events.out.tfevents.1.host"))

@@ -72,8 +72,10 @@ class ProgressivePrecision:
 
     ``model``: the module to watch. ``dtype``: the low precision (fp16 by default; it is the one
     that overflows and underflows). ``device_type``: defaults to the model's device.
-    ``process_group``: the ranks training this model together, over which ``observe()`` sums its
-    statistics (default: torch.distributed's default group, when it is initialized).
+    ``process_group``: the ranks training this model together, over which ``observe()`` averages its
+    statistics so that every rank promotes alike (e.g. ``torch.distributed.group.WORLD`` under DDP; the
+    Trainer sets it). None: this process decides alone, even when a group exists -- reducing over a
+    group whose other ranks never call ``observe()`` would hang.
     """
 
     precision = "progressive"
@@ -221,7 +223,7 @@ class ProgressivePrecision:
             [position.get(id(h), never) for _, h in self._modules], dtype=stats.dtype, device=stats.device
         )
         stats = torch.cat([stats, positions[:, None]], dim=1)
-        world = dist.get_world_size(self.process_group) if dist.is_available() and dist.is_initialized() else 1
+        world = dist.get_world_size(self.process_group) if self.process_group is not None else 1
         if world > 1:
             # A sum keeps every check: a non-finite amax or gradient anywhere stays non-finite/non-zero,
             # and the mean gradient norm and underflow share are those of the whole batch under DDP.

@@ -210,11 +210,14 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ run directories
 def earlier_run(run_dir: str | Path) -> list[str]:
-    """What marks ``run_dir`` as holding a run (its checkpoints, best.json, final weights), relative to it."""
+    """What marks ``run_dir`` as holding a run, relative to it: checkpoints, best.json, final weights, and
+    the logs a run writes from its first step (one killed before its first checkpoint left only those)."""
     run_dir = Path(run_dir)
     ckpts = CheckpointManager(run_dir / CHECKPOINT_DIR)
     found = [f"{CHECKPOINT_DIR}/{p.name}" for p in ckpts.checkpoints()]
-    found += [name for name in (f"{CHECKPOINT_DIR}/{BEST_FILE}", FINAL_WEIGHTS) if (run_dir / name).is_file()]
+    names = (f"{CHECKPOINT_DIR}/{BEST_FILE}", FINAL_WEIGHTS, METRICS_FILE, SUMMARY_FILE)
+    found += [name for name in names if (run_dir / name).is_file()]
+    found += [f"{TB_DIR}/{p.name}" for p in sorted((run_dir / TB_DIR).glob("events.out.tfevents.*"))]
     return found
 
 

@@ -47,21 +47,24 @@ def local_rank_from_env() -> int:
 
 
 def resolve_device(device: str | torch.device, local_rank: int | None = None) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else ``cpu``; ``cuda`` -> ``cuda:<local_rank>``.
+    """``auto`` -> this process's GPU when CUDA is present, else ``cpu``; any CUDA spelling -> this process's GPU.
 
-    ``local_rank`` defaults to torchrun's ``LOCAL_RANK``, so each rank owns its own GPU. An explicit
-    index (``cuda:0``) is kept: with one visible GPU per rank (``CUDA_VISIBLE_DEVICES``) it is right.
+    Under torchrun (``WORLD_SIZE`` > 1) this process's GPU is ``cuda:<LOCAL_RANK>``, whatever index a
+    config shared by all ranks names (``cuda:0`` would put every rank on one GPU, which NCCL refuses),
+    or ``cuda:0`` when each rank sees a single GPU (``CUDA_VISIBLE_DEVICES``, SLURM ``--gpus-per-task=1``).
+    A single process keeps an explicit index and fills a missing one with ``local_rank`` (default
+    ``LOCAL_RANK``, 0 outside torchrun).
     """
-    if isinstance(device, torch.device):
-        return device
     if local_rank is None:
         local_rank = local_rank_from_env()
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
+    if dev.type != "cuda":
+        return dev
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", local_rank if torch.cuda.device_count() > 1 else 0)
+    return dev if dev.index is not None else torch.device("cuda", local_rank)
 
 
 def comm_device(backend: str, device: torch.device) -> torch.device:

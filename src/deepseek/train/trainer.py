@@ -128,16 +128,19 @@ class Trainer(TrainerState):
     # ----------------------------------------------------------------------------------- set-up
     def _setup(self, train_data: Iterable[Any], resume: str | Path | None) -> None:
         self.dist: DistInfo = init_distributed(self.device)  # self.device is already this rank's (LOCAL_RANK)
+        if self.run_dir is not None and (self._overwrite or getattr(self, "_claimed_run_dir", None) != self.run_dir):
+            # Before anything touches the model. A second run here would mix with the first; a second
+            # fit() of this Trainer continues its own (unless it asks to overwrite).
+            claim_run_dir(self.run_dir, resume=resume is not None, overwrite=self._overwrite, is_main=self.dist.is_main)
+            self._claimed_run_dir = self.run_dir
         self.model.to(self.device)
         if getattr(self.optimizer, "bound", True) is False:  # deepseek.optim.MixedPrecision built without a model
             self.optimizer.bind(self.model)
         if getattr(self, "policy", None) is None:  # kept across fit() calls (progressive precision's hooks)
             self.policy = PrecisionPolicy.create(self.precision_arg, self.device, self.model)
+        if hasattr(self.policy, "process_group"):  # progressive: the ranks decide promotions together
+            self.policy.process_group = torch.distributed.group.WORLD if self.dist.enabled else None
         self._on_cpu = self.device.type == "cpu"
-        if self.run_dir is not None and getattr(self, "_claimed_run_dir", None) != self.run_dir:
-            # A second run here would mix with the first; a second fit() of this Trainer continues its own.
-            claim_run_dir(self.run_dir, resume=resume is not None, overwrite=self._overwrite, is_main=self.dist.is_main)
-            self._claimed_run_dir = self.run_dir
         self.ema = None
         if self.ema_decay is not None:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
@@ -318,8 +321,15 @@ class Trainer(TrainerState):
             due = (self.ckpt_every_steps and step % self.ckpt_every_steps == 0) or (
                 self.ckpt_every_minutes and time.monotonic() - self._t_ckpt >= 60 * self.ckpt_every_minutes
             )
-            if due or improved:
+            # The run's last step is saved by _finish after its final validation, so that the checkpoint's
+            # own state (best value, last metrics) is the one best.json describes.
+            if improved or (due and not self._ends_here(epoch_end)):
                 self.save_checkpoint(best=improved)
+
+    def _ends_here(self, epoch_end: bool) -> bool:
+        """Whether the loop stops after this step (max_steps, the last epoch's end, or a callback's stop)."""
+        last_epoch = epoch_end and self.max_epochs is not None and self.epoch + 1 >= self.max_epochs
+        return self.should_stop or last_epoch or (self.max_steps is not None and self.global_step >= self.max_steps)
 
     def _log_train(self) -> None:
         now = time.monotonic()
@@ -344,6 +354,12 @@ class Trainer(TrainerState):
 
     def validate(self, val_data: Iterable[Any]) -> dict[str, float]:
         """``val/loss`` and ``val/<metric>`` over ``val_data`` (EMA weights when EMA is on), over all ranks."""
+        info: DistInfo = getattr(self, "dist", DistInfo())
+        if info.enabled and not torch.distributed.is_initialized():
+            raise RuntimeError(
+                f"validate() over {info.world_size} ranks needs a process group: fit() left the one it created; "
+                "create it yourself (torch.distributed.init_process_group) before fit() to keep it afterwards"
+            )
         model = self.ema.module if getattr(self, "ema", None) is not None else self.model
         policy = getattr(self, "policy", None)
         if policy is None:  # before fit(); progressive precision has promoted nothing yet, so fp32
@@ -356,7 +372,7 @@ class Trainer(TrainerState):
             self.metrics,
             device=self.device,
             autocast=policy.autocast,
-            dist=getattr(self, "dist", DistInfo()),
+            dist=info,
         )
         return self.last_val_metrics
 

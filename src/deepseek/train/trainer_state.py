@@ -43,15 +43,11 @@ class TrainerState:
         }
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
-        if self.ckpt is None:
+        if self.ckpt is None or self._last_ckpt_step == self.global_step:
             return None
         record = {"monitor": self.best.monitor, "value": self.best.best, "step": self.global_step} if best else None
         if best:
             self.best_checkpoint = f"step-{self.global_step:08d}"
-        if self._last_ckpt_step == self.global_step:  # saved on schedule, before a validation that improved
-            if record is not None:
-                self.ckpt.mark_best(self.global_step, record)
-            return None
         path = self.ckpt.save(self.global_step, self.model, self.state_dict(), best=record)
         self._last_ckpt_step, self._t_ckpt = self.global_step, time.monotonic()
         self.callbacks("on_checkpoint", self, path)
