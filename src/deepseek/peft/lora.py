@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,13 +24,25 @@ PREFIX = "base_model.model."
 
 
 class LoRALinear(nn.Module):
-    """Wraps a frozen ``nn.Linear``; ``(..., in_features) -> (..., out_features)``."""
+    """Wraps a frozen ``nn.Linear``; ``(..., in_features) -> (..., out_features)``.
 
-    def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
+    It also reads like the ``nn.Linear`` it replaces: ``weight`` (``(out_features, in_features)``, the
+    adapted ``W + (alpha / r) B A``, differentiable in A and B), ``bias``, ``in_features`` and
+    ``out_features``, because ``nn.MultiheadAttention`` (``out_proj``) and ``nn.Transformer``'s layers
+    (``linear1``/``linear2``) pass ``weight`` to their fused kernels instead of calling the module. On that
+    path the adapter sees no dropout. ``shared_weight=True`` (set by :func:`apply_lora` when the base weight
+    is tied, e.g. GPT-2's head to its token embedding) makes :meth:`merge` fold the update into an untied
+    copy, so the other user of the weight keeps the base value; :meth:`unmerge` ties it again.
+    """
+
+    def __init__(
+        self, base: nn.Linear, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, shared_weight: bool = False
+    ) -> None:
         super().__init__()
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
-        self.base, self.rank, self.alpha = base, rank, alpha
+        self.base, self.rank, self.alpha, self.shared_weight = base, rank, alpha, shared_weight
+        self._tied: list[nn.Parameter] = []  # a list, so nn.Module does not register the tied original
         self.scaling = alpha / rank
         dev, dtype = base.weight.device, base.weight.dtype
         self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=dev, dtype=dtype)
@@ -45,17 +58,46 @@ class LoRALinear(nn.Module):
         """The weight update ``(alpha / r) * B A``: ``(out_features, in_features)``."""
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight ``(out_features, in_features)``: base plus update unless merged."""
+        if self.merged:
+            return self.base.weight
+        return self.base.weight + self.delta().to(self.base.weight.dtype)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
     def merge(self) -> None:
-        if not self.merged:
-            with torch.no_grad():
-                self.base.weight += self.delta().to(self.base.weight.dtype)
-            self.merged = True
+        if self.merged:
+            return
+        with torch.no_grad():
+            merged = self.base.weight + self.delta().to(self.base.weight.dtype)
+            if self.shared_weight:  # in place would change the other user of the tied tensor too
+                self._tied.append(self.base.weight)
+                self.base.weight = nn.Parameter(merged, requires_grad=False)
+            else:
+                self.base.weight.copy_(merged)
+        self.merged = True
 
     def unmerge(self) -> None:
-        if self.merged:
+        if not self.merged:
+            return
+        if self._tied:
+            self.base.weight = self._tied.pop()
+        else:
             with torch.no_grad():
                 self.base.weight -= self.delta().to(self.base.weight.dtype)
-            self.merged = False
+        self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -86,10 +128,13 @@ def apply_lora(
         )
     for p in model.parameters():
         p.requires_grad_(False)
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(getattr(parent, child), rank, alpha, dropout))
+        linear = getattr(parent, child)
+        tied = uses[id(linear.weight)] > 1
+        setattr(parent, child, LoRALinear(linear, rank, alpha, dropout, shared_weight=tied))
     model.lora_config = {"r": rank, "lora_alpha": alpha, "lora_dropout": dropout,
                          "target_modules": target_modules if isinstance(target_modules, str) else list(target_modules)}  # fmt: skip
     return model
