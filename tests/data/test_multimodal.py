@@ -96,3 +96,17 @@ def test_mixed_modality_batch():
     for key in ("text", "vision", "audio", "graph"):
         fused[batch["present"][key]] += collate.processors[key](batch[key])
     assert torch.isfinite(fused).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_graph_encoder_with_low_precision_weights_returns_their_dtype(dtype):
+    """``proc.to(dtype)`` (the compress fp16/bf16 levels): the fp32 attention pooling is cast back, so the
+    embedding is in the encoder's dtype like every other modality's and fuses with them."""
+    torch.manual_seed(0)
+    proc = GraphTransformer(in_features=8, embed_dim=D).eval()
+    batch = proc.collate([proc.preprocess(g) for g in raw_samples()["graph"]])
+    with torch.no_grad():
+        expected = proc(batch)
+        low = proc.to(dtype)(batch.replace(x=batch.x.to(dtype), edge_weight=batch.edge_weight.to(dtype)))
+    assert low.shape == (2, D) and low.dtype == dtype
+    torch.testing.assert_close(low.float(), expected, rtol=0.05, atol=0.05)

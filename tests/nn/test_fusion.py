@@ -67,6 +67,23 @@ def test_causal_mixture_of_depths_trains_its_router_towards_the_capacity():
     assert abs(float(mod.last_routed.float().mean()) - 0.25) < 0.05
 
 
+def test_mixture_of_depths_keeps_no_stale_state_from_the_other_mode():
+    """``last_selected`` (non-causal only) and ``aux_loss`` (causal only) describe the latest call: after
+    a call in the other mode they are None, not the previous call's tensors (the trainer adds any
+    tensor ``aux_loss`` to the loss, and a stale one belongs to a graph already freed)."""
+    torch.manual_seed(0)
+    mod = MixtureOfDepths(nn.Linear(16, 16), 16, capacity=0.25)
+    x = torch.randn(2, 12, 16)
+    mod(x)
+    assert mod.last_selected is not None and mod.aux_loss is None
+    mod.causal = True
+    mod(x)
+    assert mod.last_selected is None and mod.aux_loss is not None
+    mod.causal = False
+    mod(x)
+    assert mod.last_selected is not None and mod.aux_loss is None
+
+
 def test_cross_attention_fusion_ignores_masked_context():
     torch.manual_seed(0)
     fuse = CrossAttentionFusion(dim=32, context_dim=24, heads=4).eval()

@@ -71,17 +71,38 @@ def test_segmentation_cross_entropy_is_per_pixel_and_ignores_a_label():
     torch.testing.assert_close(got, F.cross_entropy(flat_logits[keep], flat_target[keep]))
 
 
-def test_vae_elbo_equals_the_models_own_loss_and_beta_weights_the_kl():
-    torch.manual_seed(0)
-    model = VAE(in_channels=1, image_size=8, hidden=16, latent=4)
-    x = torch.rand(5, 1, 8, 8)
-    out = model(x)
-    torch.testing.assert_close(losses.build("vae_elbo")(out, x), VAE.loss(out, x))
-    recon, mu, logvar = out
-    rec = F.binary_cross_entropy_with_logits(recon, x, reduction="sum") / 5
-    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / 5
-    torch.testing.assert_close(losses.build("vae_elbo", beta=0.0)(out, x), rec)
-    torch.testing.assert_close(losses.build("vae_elbo", beta=2.0)(out, x), rec + 2 * kl)
+def vae_outputs(dtype: torch.dtype, logvar: float) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """A known case: 2 samples of 1x2x2 pixels, recon logits 0 (BCE ln 2 per pixel whatever the target),
+    latent 3 with mu 1 and the given logvar (KL per sample 3 * -0.5 * (1 + logvar - 1 - exp(logvar)))."""
+    recon = torch.zeros(2, 1, 2, 2, dtype=dtype)
+    mu, lv = torch.ones(2, 3, dtype=dtype), torch.full((2, 3), logvar, dtype=dtype)
+    return (recon, mu, lv), torch.rand(2, 1, 2, 2, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+
+def negative_elbo(name: str, beta: float):
+    return (lambda out, x: VAE.loss(out, x, beta=beta)) if name == "model" else losses.build("vae_elbo", beta=beta)
+
+
+@pytest.mark.parametrize("name", ["model", "registered"])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.0])
+def test_vae_negative_elbo_on_a_known_case(name, beta):
+    """``VAE.loss`` and the registered ``vae_elbo`` (which calls it): per sample, 4 pixels of ln 2 plus
+    ``beta`` times the KL of N(1, 2) from N(0, 1) in 3 dimensions."""
+    out, x = vae_outputs(torch.float32, math.log(2.0))
+    kl = 3 * -0.5 * (1 + math.log(2.0) - 1 - 2)
+    assert float(negative_elbo(name, beta)(out, x)) == pytest.approx(4 * math.log(2) + beta * kl, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["model", "registered"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_vae_negative_elbo_of_low_precision_outputs_is_computed_in_float32(name, dtype):
+    """A bf16/fp16 model's outputs: the same value as their float32 copies give, not a bf16-rounded sum
+    or an fp16 exp(logvar) overflowing to inf (exp(12) > 65504)."""
+    out, x = vae_outputs(dtype, 12.0)
+    got = negative_elbo(name, 1.0)(out, x)
+    expected = negative_elbo(name, 1.0)(tuple(t.float() for t in out), x.float())
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
 
 
 def test_pairwise_hashing_prefers_codes_that_agree_within_a_class():

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+SMALLEST_FP16_SUBNORMAL = 2.0**-24
+
 
 class Int4Linear(nn.Module):
     """``nn.Linear`` with asymmetric 4-bit weights, one scale and offset per ``group_size`` inputs.
@@ -20,6 +22,8 @@ class Int4Linear(nn.Module):
     A weight is ``offset + scale * code`` with ``code`` in [0, 15] (the GPTQ/AWQ "min + scale * q" form):
     ``offset`` is the group's minimum, so a group whose weights share one sign keeps all 16 levels.
     Buffers: ``packed`` (out, in_padded // 2) uint8, ``scale`` and ``offset`` (out, groups) fp16.
+    The earlier zero-point format (a ``zero`` buffer, ``w = (code - zero) * scale``) converts on loading,
+    from a state dict or from a whole pickled module (``offset = -zero * scale``).
     """
 
     def __init__(self, linear: nn.Linear, group_size: int = 32) -> None:
@@ -35,6 +39,14 @@ class Int4Linear(nn.Module):
         self.register_buffer("scale", scale.squeeze(-1))
         self.register_buffer("offset", offset.squeeze(-1))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.register_load_state_dict_pre_hook(_offset_from_zero_point)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "zero" in self._buffers:  # pickled in the zero-point format, before its pre-hook existed
+            zero = self._buffers.pop("zero")
+            self.register_buffer("offset", _offset(zero, self.scale))
+            self.register_load_state_dict_pre_hook(_offset_from_zero_point)
 
     def weight(self) -> torch.Tensor:
         """The dequantized fp32 weight ``(out, in)``."""
@@ -58,11 +70,25 @@ def _fp16_grid(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.
     """
     offset = lo.half()
     offset = torch.where(offset.float() > lo, torch.nextafter(offset, offset.new_tensor(float("-inf"))), offset)
-    tiny = torch.finfo(torch.float16).tiny  # a constant group still needs a nonzero, representable step
-    step = ((hi - offset.float()) / 15).clamp_min(tiny)
+    # A constant group still needs a nonzero, representable step: the smallest fp16 SUBNORMAL, 2**-24, not
+    # finfo.tiny (the smallest normal, 6.1e-5), which would coarsen every group narrower than ~9e-4.
+    step = ((hi - offset.float()) / 15).clamp_min(SMALLEST_FP16_SUBNORMAL)
     scale = step.half()
     scale = torch.where(scale.float() < step, torch.nextafter(scale, scale.new_tensor(float("inf"))), scale)
     return offset, scale
+
+
+def _offset(zero: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp16 ``offset`` of the zero-point format's ``zero`` and ``scale`` (out, groups): ``(code - zero) * scale
+    == offset + code * scale``; rounding it to fp16 moves a weight by at most ~0.7% of its group's step."""
+    return (-zero.float() * scale.float()).half()
+
+
+def _offset_from_zero_point(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    """Load-state-dict pre-hook: a zero-point state dict (``zero``, no ``offset``) gets its ``offset``."""
+    if prefix + "zero" in state_dict and prefix + "offset" not in state_dict:
+        zero = state_dict.pop(prefix + "zero")
+        state_dict[prefix + "offset"] = _offset(zero, state_dict[prefix + "scale"])
 
 
 def swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:

@@ -10,20 +10,19 @@ import shutil
 import subprocess
 import tempfile
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import torch
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Gt
 from torch.utils.data import Dataset
 
-from deepseek.data.datasets import DatasetSplits, split_indices, stratified_split
+from deepseek.data.datasets import DatasetSplits, Fraction, split_indices, stratified_split
 from deepseek.registry import register_dataset
 
-Fraction = Annotated[float, Ge(0), Lt(1)]
 TOPICS = ("tech_support", "trivia", "coding", "emotion", "ai", "psychology", "literature", "humor", "money", "science")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -71,24 +70,40 @@ def split_texts(
     return pick(train), pick(val) if val else None
 
 
+def read_chatterbot(
+    topics: Sequence[str] | None = None, dataset: str = "chatterbot_topics"
+) -> dict[str, list[list[str]]]:
+    """English ``chatterbot-corpus`` conversations by topic (file stem), each as its stripped, non-empty
+    lines; ``topics`` None: every topic file, in sorted order. One trivia entry is a bare string, not a
+    list of lines: it is a conversation of one line. ``dataset`` names the caller in the error the
+    missing optional package raises."""
+    import yaml
+
+    root = Path(_optional("chatterbot_corpus", dataset).__file__).parent / "data" / "english"
+    paths = sorted(root.glob("*.yml")) if topics is None else [root / f"{topic}.yml" for topic in topics]
+    by_topic = {}
+    for path in paths:
+        conversations = []
+        for conversation in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:
+            entries = [conversation] if isinstance(conversation, str) else conversation
+            lines = [str(line).strip() for line in entries if str(line).strip()]
+            if lines:
+                conversations.append(lines)
+        by_topic[path.stem] = conversations
+    return by_topic
+
+
 @register_dataset("chatterbot_topics")
 def chatterbot_topics(val_fraction: Fraction = 0.2, seed: int = 0) -> DatasetSplits:
     """Every utterance of 10 English topics of ``chatterbot-corpus`` (tech support, trivia, coding,
     emotion, AI, psychology, literature, humour, money, science): ``(text, topic index)``; duplicates dropped."""
-    import yaml
-
-    chatterbot_corpus = _optional("chatterbot_corpus", "chatterbot_topics")
-
-    root = Path(chatterbot_corpus.__file__).parent / "data" / "english"
     texts, labels, seen = [], [], set()
-    for label, topic in enumerate(TOPICS):
-        for conversation in yaml.safe_load((root / f"{topic}.yml").read_text(encoding="utf-8"))["conversations"]:
-            for line in [conversation] if isinstance(conversation, str) else conversation:  # one is a bare line
-                text = str(line).strip()
-                if text and text.lower() not in seen:
-                    seen.add(text.lower())
-                    texts.append(text)
-                    labels.append(label)
+    for label, conversations in enumerate(read_chatterbot(TOPICS, "chatterbot_topics").values()):
+        for text in (line for lines in conversations for line in lines):
+            if text.lower() not in seen:
+                seen.add(text.lower())
+                texts.append(text)
+                labels.append(label)
     train, val = split_texts(texts, labels, val_fraction, seed)
     return DatasetSplits(train, val, len(TOPICS), None, {"source": "chatterbot-corpus", "classes": list(TOPICS)})
 

@@ -29,6 +29,7 @@ from deepseek.data.transforms import (
     Tokenize,
     TruncatePad,
 )  # fmt: skip
+from deepseek.nn.graph_ops import segment_softmax, segment_sum
 
 
 class Processor(nn.Module):
@@ -181,14 +182,10 @@ class GraphTransformer(Processor):
             )
         batch = g.batch if g.batch is not None else torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
         graphs = int(batch.max()) + 1
-        # The per-graph softmax runs in float32 whatever autocast made of the scores: the scatter buffers
-        # must match the source dtype, and bf16/fp16 exp-sums lose precision.
-        score = self.score(h).squeeze(-1).float()
-        peak = torch.full((graphs,), float("-inf"), device=h.device).scatter_reduce(0, batch, score, reduce="amax")
-        weight = (score - peak[batch]).exp()  # stabilised
-        total = torch.zeros(graphs, device=h.device).index_add_(0, batch, weight)[batch]
-        weighted = h.float() * (weight / total).unsqueeze(-1)
-        return torch.zeros(graphs, h.shape[1], device=h.device).index_add_(0, batch, weighted)
+        # The per-graph softmax and the weighted sum run in float32 whatever autocast made of the scores
+        # (bf16/fp16 exp-sums lose precision); the embedding is returned in h's dtype, as the other encoders'.
+        weight = segment_softmax(self.score(h).squeeze(-1), batch, graphs)  # (nodes,) over each graph's nodes
+        return segment_sum(h.float() * weight.unsqueeze(-1), batch, graphs).to(h.dtype)
 
 
 class PointCloud3D(Processor):

@@ -152,6 +152,13 @@ def _pick(
     return torch.multinomial(F.softmax(logits.float(), -1).cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+def drop_pooler_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook for a module with no ``pooler`` (the MLM Bert, MiniLM's encoder): drop the
+    ``pooler.*`` entries of files saved while it still had an (unused) one, so they load strictly."""
+    for key in [k for k in state_dict if k.startswith(prefix + "pooler.")]:
+        del state_dict[key]
+
+
 class BertLayer(nn.Module):
     """Post-norm encoder layer: ``LN(x + MHA(x))`` then ``LN(x + FFN(x))``."""
 
@@ -186,6 +193,7 @@ class Bert(GradientCheckpointing, nn.Module):
             self.mlm_transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=1e-12))
             self.mlm_decoder = nn.Linear(dim, vocab_size)
             self.mlm_decoder.weight = self.word.weight
+            self.register_load_state_dict_pre_hook(drop_pooler_keys)  # files saved with the old pooler load
         else:
             self.pooler = nn.Linear(dim, dim)
         if head == "classification":

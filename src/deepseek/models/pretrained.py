@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from deepseek.models.language import drop_pooler_keys
 from deepseek.registry import register_model
 
 
@@ -46,6 +47,8 @@ class MiniLMClassifier(nn.Module):
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+        if getattr(encoder, "pooler", None) is None:  # classifiers saved with the pooler still load strictly
+            encoder.register_load_state_dict_pre_hook(drop_pooler_keys)
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean-pooled sentence embeddings ``(N, 384)``."""

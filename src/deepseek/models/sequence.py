@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from deepseek.models.blocks import EncoderBlock, GradientCheckpointing
 from deepseek.nn.moe import MoE
@@ -77,18 +76,14 @@ class TCN(nn.Module):
 
 
 class MoEEncoderBlock(EncoderBlock):
-    """:class:`EncoderBlock` whose feed-forward is a top-k MoE; ``real (N, L)`` (True for real tokens)
-    masks padding out of the attention keys and out of the experts' routing and capacity."""
+    """:class:`EncoderBlock` whose feed-forward is a top-k MoE; ``key_padding_mask (N, L)`` (True at
+    padding) masks padding out of the attention keys and out of the experts' routing and capacity."""
 
     def __init__(self, dim: int, heads: int, num_experts: int, top_k: int) -> None:
-        super().__init__(dim, heads)
-        self.mlp = MoE(dim, num_experts, top_k=top_k)
+        super().__init__(dim, heads, mlp=MoE(dim, num_experts, top_k=top_k))
 
-    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.norm1(x)
-        pad = None if real is None else ~real
-        x = x + self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x), token_mask=real)
+    def feed_forward(self, h: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.mlp(h, token_mask=None if key_padding_mask is None else ~key_padding_mask)
 
 
 class MoETransformer(GradientCheckpointing, nn.Module):
@@ -107,12 +102,7 @@ class MoETransformer(GradientCheckpointing, nn.Module):
         mask = x.get("attention_mask") if isinstance(x, dict) else None
         real = mask.bool() if mask is not None else None
         h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
-        for block in self.blocks:
-            if self.checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, real, use_reentrant=False)
-            else:
-                h = block(h, real)
-        h = self.norm(h)
+        h = self.norm(self.run_blocks(h, None if real is None else ~real))
         if real is None:
             return self.head(h.mean(1))
         weight = real.unsqueeze(-1).to(h.dtype)  # (N, L, 1): a mean over real tokens only
@@ -139,11 +129,17 @@ class VAE(nn.Module):
         return self.decoder(z).view(-1, *self.shape), mu, logvar
 
     @staticmethod
-    def loss(out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        recon, mu, logvar = out
-        rec = F.binary_cross_entropy_with_logits(recon, x, reduction="sum")
+    def loss(
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor, beta: float = 1.0
+    ) -> torch.Tensor:
+        """Negative ELBO per sample, a float32 scalar, for ``out = (recon logits (N, C, H, W), mu (N, Z),
+        logvar (N, Z))`` and targets ``x`` in [0, 1] shaped like recon: Bernoulli reconstruction plus
+        ``beta`` times the KL from the N(0, I) prior. Computed in float32 whatever the outputs' dtype: an
+        fp16 ``exp(logvar)`` overflows from logvar ~11, and a bf16 sum over every pixel keeps 8 bits."""
+        recon, mu, logvar = (t.float() for t in out)
+        rec = F.binary_cross_entropy_with_logits(recon, x.float(), reduction="sum")
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        return (rec + kl) / x.shape[0]
+        return (rec + beta * kl) / x.shape[0]
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -115,23 +115,45 @@ class Conformer(GradientCheckpointing, nn.Module):
 
 
 class Seq2SeqTransformer(GradientCheckpointing, nn.Module):
-    """``(source ids (N, S), target-input ids (N, T))`` -> logits ``(N, T, tgt_vocab)`` (causal decoder)."""
+    """``(source ids (N, S), target-input ids (N, T))`` -> logits ``(N, T, tgt_vocab)`` (causal decoder).
 
-    def __init__(self, src_vocab: int = 8000, tgt_vocab: int = 8000, d_model: int = 512, heads: int = 8, encoder_layers: int = 6,
-                 decoder_layers: int = 6, ff: int = 2048, dropout: float = 0.1) -> None:  # fmt: skip
+    Positions holding ``pad_id`` (``chatterbot_pairs`` pads both inputs with 0 to ``max_length``) are
+    masked out of the encoder's and the cross-attention's keys and out of the decoder's own keys, so
+    the logits at real positions do not depend on how much padding follows; ``pad_id=None``: no masking.
+    """
+
+    def __init__(self, src_vocab: int = 8000, tgt_vocab: int = 8000, d_model: int = 512, heads: int = 8,
+                 encoder_layers: int = 6, decoder_layers: int = 6, ff: int = 2048, dropout: float = 0.1,
+                 pad_id: int | None = 0) -> None:  # fmt: skip
         super().__init__()
         self.src_embed, self.tgt_embed = nn.Embedding(src_vocab, d_model), nn.Embedding(tgt_vocab, d_model)
         self.core = nn.Transformer(d_model, heads, encoder_layers, decoder_layers, ff, dropout, batch_first=True)
-        self.head, self.scale = nn.Linear(d_model, tgt_vocab), math.sqrt(d_model)
+        self.head, self.scale, self.pad_id = nn.Linear(d_model, tgt_vocab), math.sqrt(d_model), pad_id
 
     def embed(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         return table(ids) * self.scale + sinusoids(ids.shape[1], table.embedding_dim, ids.device)
 
+    def padding(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """``(N, L)`` bool, True at ``pad_id``; a row of padding only is left unmasked (an all-masked
+        softmax row is NaN), so it attends to its padding instead."""
+        if self.pad_id is None:
+            return None
+        pad = ids == self.pad_id
+        return pad & ~pad.all(dim=1, keepdim=True)
+
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]) -> torch.Tensor:
         src, tgt = (batch["src"], batch["tgt"]) if isinstance(batch, dict) else batch
-        mask = self.core.generate_square_subsequent_mask(tgt.shape[1], device=tgt.device)
+        # bool like the padding masks (True: may not attend), as mixing float and bool masks is deprecated
+        mask = torch.ones(tgt.shape[1], tgt.shape[1], dtype=torch.bool, device=tgt.device).triu(1)
+        src_pad, tgt_pad = self.padding(src), self.padding(tgt)
         out = self.core(
-            self.embed(self.src_embed, src), self.embed(self.tgt_embed, tgt), tgt_mask=mask, tgt_is_causal=True
+            self.embed(self.src_embed, src),
+            self.embed(self.tgt_embed, tgt),
+            tgt_mask=mask,
+            tgt_is_causal=True,
+            src_key_padding_mask=src_pad,
+            tgt_key_padding_mask=tgt_pad,
+            memory_key_padding_mask=src_pad,
         )
         return self.head(out)
 
@@ -158,10 +180,12 @@ def conformer(
 
 
 @register_model("transformer", aliases=("transformer_seq2seq",))
-def transformer(src_vocab: int = 8000, tgt_vocab: int = 8000, d_model: int = 512, heads: int = 8, encoder_layers: int = 6,
-                decoder_layers: int = 6, ff: int = 2048, dropout: float = 0.1) -> Seq2SeqTransformer:  # fmt: skip
-    """Transformer encoder-decoder for sequence-to-sequence tasks (base: 6+6 layers, d_model 512)."""
-    return Seq2SeqTransformer(src_vocab, tgt_vocab, d_model, heads, encoder_layers, decoder_layers, ff, dropout)
+def transformer(src_vocab: int = 8000, tgt_vocab: int = 8000, d_model: int = 512, heads: int = 8,
+                encoder_layers: int = 6, decoder_layers: int = 6, ff: int = 2048, dropout: float = 0.1,
+                pad_id: int | None = 0) -> Seq2SeqTransformer:  # fmt: skip
+    """Transformer encoder-decoder for sequence-to-sequence tasks (base: 6+6 layers, d_model 512); inputs
+    equal to ``pad_id`` are padding (None: no padding)."""
+    return Seq2SeqTransformer(src_vocab, tgt_vocab, d_model, heads, encoder_layers, decoder_layers, ff, dropout, pad_id)
 
 
 def _spec(cls: type[BaseModel], value: Any) -> Any:

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from deepseek.nn.graph_ops import segment_softmax, segment_sum
 from deepseek.registry import register_model
 
 
@@ -76,17 +77,13 @@ class EdgeAttentionLayer(nn.Module):
         n, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(n, 3, self.heads, -1).unbind(1)
         src, dst = edge_index
-        # The edge softmax and the message sums run in float32 whatever autocast made of q, k, v: the
-        # scatter buffers must match their source's dtype, and bf16/fp16 sums over edges lose precision.
+        # The edge softmax and the message sums run in float32 whatever autocast made of q, k, v (bf16/fp16
+        # sums over edges lose precision); the result goes back to x's dtype for proj, whose weights may be
+        # bf16/fp16 themselves (model.to(dtype)).
         score = (q[dst].float() * k[src].float()).sum(-1) * self.scale  # (E, heads)
-        peak = torch.full((n, self.heads), float("-inf"), device=x.device).scatter_reduce(
-            0, dst[:, None].expand_as(score), score, "amax"
-        )
-        weight = (score - peak[dst]).exp()
-        total = torch.zeros(n, self.heads, device=x.device).index_add_(0, dst, weight)
-        msg = v[src].float() * (weight / total[dst].clamp_min(1e-12)).unsqueeze(-1)
-        out = torch.zeros(n, self.heads, dim // self.heads, device=x.device).index_add_(0, dst, msg)
-        x = x + self.proj(out.reshape(n, dim))
+        weight = segment_softmax(score, dst, n)  # over each node's in-edges
+        out = segment_sum(v[src].float() * weight.unsqueeze(-1), dst, n)  # (nodes, heads, dim // heads)
+        x = x + self.proj(out.reshape(n, dim).to(x.dtype))
         return x + self.ffn(self.norm2(x))
 
 
@@ -111,9 +108,8 @@ class GraphTransformerNet(nn.Module):
             x = layer(x, edges)
         batch = graph.batch if graph.batch is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         graphs = int(batch.max()) + 1
-        pooled = torch.zeros(graphs, x.shape[1], device=x.device).index_add_(0, batch, x.float())
-        pooled = pooled / torch.bincount(batch, minlength=graphs).clamp_min(1).unsqueeze(-1)
-        return self.head(pooled)
+        pooled = segment_sum(x, batch, graphs) / torch.bincount(batch, minlength=graphs).clamp_min(1).unsqueeze(-1)
+        return self.head(pooled.to(x.dtype))  # float32 mean, back to the activations' dtype for the head
 
 
 class CrossModalHashing(nn.Module):

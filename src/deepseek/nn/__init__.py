@@ -20,6 +20,7 @@ from deepseek.nn.attention import (
 )
 from deepseek.nn.checkpointing import checkpoint_modules
 from deepseek.nn.fusion import CrossAttentionFusion, DynamicConvAttention, MixtureOfDepths
+from deepseek.nn.graph_ops import segment_softmax, segment_sum
 from deepseek.nn.moe import Dispatch, FeedForward, MoE, aux_loss
 
 __all__: list[str] = [
@@ -35,6 +36,8 @@ __all__: list[str] = [
     "block_sparse_attention",
     "checkpoint_modules",
     "local_global_layout",
+    "segment_softmax",
+    "segment_sum",
     "sliding_window_attention",
 ]
 

@@ -23,7 +23,11 @@ class MixtureOfDepths(nn.Module):
     auxiliary BCE loss (``aux_loss_weight`` times) that trains that decision to predict membership of the
     top-k, so about ``capacity`` of the tokens are routed. ``block`` must itself be causal; it sees the
     routed tokens of each row packed to the front, any filler after them. ``last_routed (N, L)`` is True
-    for the tokens the block ran on (``last_selected (N, k)``: their indices, non-causal mode)."""
+    for the tokens the block ran on (``last_selected (N, k)``: their indices, non-causal mode).
+
+    ``last_selected`` and ``aux_loss`` describe the latest call only: a call in the mode without them
+    sets them to None (``causal`` may be switched between calls), so no stale tensor from an earlier
+    call -- whose graph backward may already have freed -- is mistaken for the current one."""
 
     def __init__(
         self, block: nn.Module, dim: int, capacity: float = 0.5, causal: bool = False, aux_loss_weight: float = 0.01
@@ -50,11 +54,12 @@ class MixtureOfDepths(nn.Module):
             # routed positions first, in sequence order (stable sort); the rest of the width is filler
             chosen = torch.argsort((~routed).to(torch.int8), dim=1, stable=True)[:, :width]
             valid = routed.gather(1, chosen)
+            self.last_selected = None  # routing is per token here: no fixed top-k indices
         else:
             chosen = top_k.sort(dim=1).values  # keep sequence order
             valid = torch.ones_like(chosen, dtype=torch.bool)
             routed = torch.zeros_like(scores, dtype=torch.bool).scatter(1, chosen, True)
-            self.last_selected = chosen
+            self.last_selected, self.aux_loss = chosen, None  # top-k routing needs no auxiliary loss
         index = chosen[..., None].expand(-1, -1, d)
         picked = x.gather(1, index)
         gate = torch.sigmoid(scores.gather(1, chosen)).unsqueeze(-1)

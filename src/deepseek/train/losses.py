@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Gt, Lt
 
+from deepseek.data.tasks.text import IGNORE_INDEX
+from deepseek.models.sequence import VAE
 from deepseek.registry import register_loss
 
-IGNORE_INDEX = -100
 LossFn = Callable[[Any, Any], torch.Tensor]
 Smoothing = Annotated[float, Ge(0), Lt(1)]
 
@@ -88,11 +89,7 @@ def vae_elbo(beta: Annotated[float, Ge(0)] = 1.0) -> LossFn:
     """Negative ELBO per sample for (recon logits, mu (N, Z), logvar (N, Z)) and targets in [0, 1] shaped like recon."""
 
     def loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        recon, mu, logvar = outputs
-        mu, logvar = mu.float(), logvar.float()  # exp() of a low-precision logvar overflows early
-        rec = F.binary_cross_entropy_with_logits(recon.float(), x.float(), reduction="sum")
-        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        return (rec + beta * kl) / x.shape[0]
+        return VAE.loss(outputs, x, beta=beta)  # the model's own loss, float32 whatever the outputs' dtype
 
     return loss
 

@@ -12,14 +12,12 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Gt
 from torch.utils.data import Dataset
 
-from deepseek.data.datasets import DatasetSplits
+from deepseek.data.datasets import DatasetSplits, Fraction
 from deepseek.data.tasks.common import bad_data_value
 from deepseek.registry import register_dataset
-
-Fraction = Annotated[float, Ge(0), Lt(1)]
 
 
 def mackey_glass_series(length: int, tau: int = 17, seed: int = 0, substeps: int = 10, warmup: int = 500) -> np.ndarray:

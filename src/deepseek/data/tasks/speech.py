@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Gt
 from torch.utils.data import Dataset
 
 from deepseek.data.bundled import DIGITS, WaveformClassification, fit_length, read_wav, spoken_digits
-from deepseek.data.datasets import DatasetSplits
+from deepseek.data.datasets import DatasetSplits, Fraction
 from deepseek.data.tasks.common import sample_generator
 from deepseek.registry import register_dataset
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 SAMPLE_RATE = 16000
-Fraction = Annotated[float, Ge(0), Lt(1)]
 
 
 def encode_chars(text: str) -> list[int]:

@@ -17,13 +17,12 @@ from annotated_types import Ge, Gt, Lt
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate_fn_map
 
-from deepseek.data.datasets import DatasetSplits
+from deepseek.data.datasets import DatasetSplits, Fraction
 from deepseek.data.graph import Graph, collate_graphs
 from deepseek.data.tasks.common import sample_generator
 from deepseek.data.tasks.vision import Source, digit_images
 from deepseek.registry import register_dataset
 
-Fraction = Annotated[float, Ge(0), Lt(1)]
 Threshold = Annotated[float, Ge(0), Lt(1)]
 
 

@@ -10,15 +10,14 @@ Splits are by conversation (seeded), so no validation text is seen in training.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import torch
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Gt
 from torch.utils.data import Dataset
 
-from deepseek.data.bundled import _optional
-from deepseek.data.datasets import DatasetSplits
+from deepseek.data.bundled import read_chatterbot
+from deepseek.data.datasets import DatasetSplits, Fraction
 from deepseek.data.tasks.common import bad_data_value, seeded_split
 from deepseek.registry import register_dataset
 
@@ -26,7 +25,6 @@ PAD, BOS, EOS = 0, 1, 2
 BYTE_OFFSET = 3
 BYTE_VOCAB = 256 + BYTE_OFFSET
 IGNORE_INDEX = -100  # target positions the token losses skip
-Fraction = Annotated[float, Ge(0), Lt(1)]
 
 
 def encode_bytes(text: str) -> list[int]:
@@ -42,19 +40,7 @@ def decode_bytes(ids: list[int] | torch.Tensor) -> str:
 
 def chatterbot_conversations() -> list[list[str]]:
     """Every English conversation of chatterbot-corpus as its lines, files in sorted order."""
-    import yaml
-
-    corpus = _optional("chatterbot_corpus", "chatterbot_lm")
-    root = Path(corpus.__file__).parent / "data" / "english"
-    conversations = []
-    for path in sorted(root.glob("*.yml")):
-        for conversation in yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]:
-            if isinstance(conversation, str):  # one trivia entry is a bare line, not a list of lines
-                conversation = [conversation]
-            lines = [str(line).strip() for line in conversation if str(line).strip()]
-            if lines:
-                conversations.append(lines)
-    return conversations
+    return [lines for topic in read_chatterbot(dataset="chatterbot_lm").values() for lines in topic]
 
 
 class TokenWindows(Dataset):

@@ -17,11 +17,10 @@ from annotated_types import Ge, Lt
 from torch.utils.data import Dataset, TensorDataset
 
 from deepseek.data.bundled import DIGITS, mnist
-from deepseek.data.datasets import DatasetSplits, digits
+from deepseek.data.datasets import DatasetSplits, Fraction, digits
 from deepseek.data.tasks.common import bad_data_value, sample_generator
 from deepseek.registry import register_dataset
 
-Fraction = Annotated[float, Ge(0), Lt(1)]
 Source = Literal["mnist", "digits"]
 IMAGE_SIZE = {"mnist": 28, "digits": 8}
 
