@@ -133,3 +133,15 @@ def test_onnxruntime_backend_returns_a_callable_in_memory_model(trained, tmp_pat
     assert size_bytes(small) < 0.35 * size_bytes(model)
     path = small.save(tmp_path / "m.onnx")
     assert path.stat().st_size == size_bytes(small)
+
+
+@pytest.mark.parametrize("kwargs", [{"bit_width": 16}, {"bit_width": 4}, {"bit_width": 8, "backend": "torchao"}])
+def test_quantizer_leaves_the_callers_model_as_it_was(kwargs):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Dropout(0.1), nn.Linear(64, 10)).train()
+    model[1].eval()  # a mix of flags: each module's own flag must come back, not one for all
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calib = DataLoader(torch.randn(16, 64), batch_size=8)
+    Quantizer(model, calib_data=calib, **kwargs).compress()
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

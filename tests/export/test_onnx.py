@@ -86,3 +86,23 @@ def test_cli_exports_a_trained_run_and_fails_above_tolerance(tmp_path, capsys):
     assert "max |export - torch| on the sample batch" in out and "on the batch of" in out
     assert main(["export", str(run), "--out", str(tmp_path / "m2.onnx"), "--atol", "0"]) == 1
     assert main(["export", str(tmp_path / "nowhere")]) == 2
+
+
+def test_one_self_contained_file_unless_the_weights_exceed_the_limit(tmp_path, monkeypatch):
+    import deepseek.export.onnx as onnx_module
+
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 6)
+    path = export_onnx(model, (x,), tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "m.onnx").write_bytes(path.read_bytes())  # the file alone runs
+    assert verify_onnx(moved / "m.onnx", model, (x,)) < 1e-5
+    monkeypatch.setattr(onnx_module, "SINGLE_FILE_LIMIT", 100)  # stand in for a model over 2 GB
+    with pytest.warns(UserWarning, match=r"m\.onnx\.data.*copy both"):
+        export_onnx(model, (x,), path)
+    assert (tmp_path / "m.onnx.data").is_file() and verify_onnx(path, model, (x,)) < 1e-5
+    monkeypatch.undo()
+    export_onnx(model, (x,), path)  # back to one file: the earlier weights file is not left to confuse
+    assert not (tmp_path / "m.onnx.data").exists() and verify_onnx(path, model, (x,)) < 1e-5

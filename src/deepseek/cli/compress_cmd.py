@@ -83,7 +83,8 @@ def _save(variant: Any, out: Path, example: Any) -> Path:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("compress", help="measure fp32/fp16/int8/int4 variants of a trained model; pick one")
     p.add_argument("config")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint, a run directory or a .safetensors file")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint, a run directory, its final/ directory or a .safetensors file")  # fmt: skip
     p.add_argument("--levels", default="fp32,fp16,int8,int4", help="comma-separated (default fp32,fp16,int8,int4)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, help="points of accuracy you can give up")
     p.add_argument("--method", default="percentile", choices=("minmax", "percentile", "mse", "kl"),

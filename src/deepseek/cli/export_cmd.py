@@ -40,6 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         TensorInputs,
         export_onnx,
         export_program,
+        external_data_path,
         onnx_size,
         optimize_onnx,
         quantize_onnx,
@@ -78,7 +79,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             optimized = optimize_onnx(out, out.with_suffix(".opt.onnx"))
             diffs.update({f"optimized, {label}": verify_onnx(optimized, model, x) for label, x in checks})
     size = onnx_size(out) if args.format == "onnx" else out.stat().st_size
-    print(f"exported {out} ({size / 2**20:.2f} MiB)")
+    data = external_data_path(out)
+    if args.format == "onnx" and data.exists():  # over ONNX's 2 GB single-file limit
+        print(f"exported {out} with its weights in {data.name} ({size / 2**20:.2f} MiB): copy both files together")
+    else:
+        print(f"exported {out} ({size / 2**20:.2f} MiB, one self-contained file)")
     for label, diff in diffs.items():
         print(f"  max |export - torch| on the {label}: {diff:.2e}")
     if args.format == "onnx" and args.quantize:
@@ -101,7 +106,7 @@ def _max_diff(a: Any, b: Any) -> float:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="export a trained model to ONNX or a torch.export program, verified")
-    p.add_argument("checkpoint", help="a checkpoint, a run directory or a .safetensors file")
+    p.add_argument("checkpoint", help="a checkpoint, a run directory, its final/ directory or a .safetensors file")
     p.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
     p.add_argument("--config", help="the run's config (default: config.yaml beside or above CKPT)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (checked on a second one)")

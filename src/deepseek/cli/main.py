@@ -87,12 +87,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
-    from deepseek.train.build import evaluate
+    from deepseek.train.build import evaluate, find_trained_weights
 
     cfg = load_config(args.config, args.overrides)
     if not Path(args.checkpoint).exists():
         raise UsageError(f"--checkpoint '{args.checkpoint}': no such file or directory")
-    metrics = evaluate(cfg, args.checkpoint)
+    weights = find_trained_weights(args.checkpoint)
+    metrics = evaluate(cfg, weights)
+    # which weights were measured: a checkpoint's model.safetensors holds the raw weights, the EMA
+    # average lives in its state.pt and in the run's final/ -- say which one this is
+    print(f"evaluated {weights.description}", file=sys.stderr if args.json else sys.stdout)  # --json: stdout is JSON
     if args.json:
         print(json.dumps(metrics))
     else:

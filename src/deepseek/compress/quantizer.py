@@ -29,6 +29,7 @@ calibration batch, and keeps the fastest whose relative output error stays withi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -36,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -113,7 +114,7 @@ class Quantizer:
             raise ValueError(f"backend must be 'auto', 'pt2e', 'torchao' or 'onnxruntime'; got {backend!r}")
         if dtype not in ("fp16", "bf16"):
             raise ValueError(f"dtype (for bit_width=16) must be 'fp16' or 'bf16'; got {dtype!r}")
-        self.model, self.method, self.bit_width, self.symmetric = model.eval(), method, bit_width, symmetric
+        self.model, self.method, self.bit_width, self.symmetric = model, method, bit_width, symmetric
         self.per_channel, self.backend, self.dtype, self.group_size = (
             granularity == "per_channel",
             backend,
@@ -126,7 +127,12 @@ class Quantizer:
         self.report: dict[str, Any] = {}
 
     def compress(self) -> nn.Module:
-        """The quantized model (a new object)."""
+        """The quantized model (a new object, in eval mode); the caller's model keeps its weights and
+        each module's training flag."""
+        with eval_mode(self.model):  # copies made inside are in eval mode; the flags come back after
+            return self._compress()
+
+    def _compress(self) -> nn.Module:
         if self.bit_width == 16:
             self.report = {"level": self.dtype, "backend": "torch"}
             return LowPrecision(copy.deepcopy(self.model), torch.float16 if self.dtype == "fp16" else torch.bfloat16)
@@ -250,6 +256,18 @@ class Quantizer:
         )
         self.report = {"level": "int8", "backend": pick, "fp32_ms": base_ms, "candidates": measured}
         return built[pick]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then every module's own training flag restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 def drop_unused_weights(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:

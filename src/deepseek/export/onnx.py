@@ -71,10 +71,15 @@ def export_onnx(
     """Export ``model`` (in eval mode) called on ``inputs`` to ``path``; returns the path.
 
     ``dynamic={"input": {0: "batch"}}`` makes axis 0 of input ``input`` dynamic; axes sharing a
-    name share a size.
+    name share a size. A model whose weights fit ONNX's 2 GB protobuf limit is one self-contained
+    file; a larger one keeps its weights in ``<path>.data`` beside it (a warning says so: copy both).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    external = needs_external_data(model)
+    stale = external_data_path(path)
+    if not external and stale.exists():  # left by an earlier export to this path; nothing reads it now
+        stale.unlink()
     names = list(input_names or ([f"input_{i}" for i in range(len(inputs))] if len(inputs) > 1 else ["input"]))
     model = model.eval()
     kwargs: dict[str, Any] = {"opset_version": opset} if opset is not None else {}
@@ -86,20 +91,43 @@ def export_onnx(
             warnings.simplefilter("ignore")  # the exporter's own deprecation notices
             torch.onnx.export(
                 model, tuple(inputs), str(path), dynamo=True, input_names=names, output_names=list(output_names),
-                dynamic_shapes=_dynamic_shapes(model, names, dynamic), verbose=False, **kwargs,
+                dynamic_shapes=_dynamic_shapes(model, names, dynamic), verbose=False, external_data=external,
+                **kwargs,
             )  # fmt: skip
     except Exception:
         print(progress.getvalue(), end="")
         raise
     finally:
         quiet.level = level
+    if external:
+        warnings.warn(
+            f"{path}: the weights exceed ONNX's 2 GB single-file limit, so they are in {external_data_path(path)}; "
+            "keep that file beside the model (copy both)",
+            stacklevel=2,
+        )
     return path
+
+
+# ONNX files are protobufs, which cannot exceed 2 GiB; leave room for the graph itself.
+SINGLE_FILE_LIMIT = 2**31 - 2**26
+
+
+def needs_external_data(model: nn.Module) -> bool:
+    """Whether ``model``'s weights (parameters and buffers) are too large for one ONNX file."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()  # shared weights once
+    return sum(t.numel() * t.element_size() for t in tensors) > SINGLE_FILE_LIMIT
+
+
+def external_data_path(path: str | Path) -> Path:
+    """Where the exporter puts the weights of a model too large for one file: ``<path>.data``."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
 
 
 def onnx_size(path: str | Path) -> int:
     """Bytes on disk of an ONNX model, with the external-data file the exporter writes for large models."""
     path = Path(path)
-    data = path.with_name(path.name + ".data")
+    data = external_data_path(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
@@ -146,9 +174,9 @@ class OnnxModule(nn.Module):
             path.write_bytes(self.model_bytes)
             return path
         shutil.copy(self.path, path)  # type: ignore[arg-type]
-        data = self.path.with_name(self.path.name + ".data")  # type: ignore[union-attr]
+        data = external_data_path(self.path)  # type: ignore[arg-type]
         if data.exists():
-            shutil.copy(data, path.with_name(path.name + ".data"))
+            shutil.copy(data, external_data_path(path))
         return path
 
 

@@ -133,8 +133,9 @@ def save_resolved_config(cfg: Config, run_dir: str | Path) -> Path:
     return path
 
 
-def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, float]:
-    """Validation loss and metrics of a checkpoint (EMA weights when it has them) or a ``.safetensors`` file."""
+def evaluate(cfg: Config, checkpoint: str | Path | TrainedWeights) -> dict[str, float]:
+    """Validation loss and metrics of a checkpoint (EMA weights when it has them), a run's ``final/``
+    directory or a ``.safetensors`` file (see :func:`find_trained_weights` for which one it picks)."""
     run = build_run(cfg, None, progress="off")
     if run.val_loader is None:
         raise ConfigError([f"data: dataset '{cfg.data.name}' has no validation split (is data.val_fraction 0?)"])
@@ -143,15 +144,55 @@ def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, float]:
     return run.trainer.validate(run.val_loader)
 
 
-def load_trained_weights(model: nn.Module, checkpoint: str | Path) -> nn.Module:
-    """Load a ``.safetensors`` file, or a checkpoint (its EMA weights when it has them) into ``model``."""
+@dataclass(frozen=True)
+class TrainedWeights:
+    """Where trained weights come from: ``path`` is a weights file or a verified checkpoint directory;
+    ``ema`` says whether they are the EMA average (None: a bare file does not say); ``description``
+    is one line for the user."""
+
+    path: Path
+    ema: bool | None
+    description: str
+
+
+def find_trained_weights(checkpoint: str | Path) -> TrainedWeights:
+    """Resolve a ``.safetensors`` file, a directory holding ``model.safetensors`` (a run's ``final/``),
+    a checkpoint, a checkpoints directory or a run directory (its newest valid checkpoint)."""
     path = Path(checkpoint)
+    if path.is_dir() and (path / MODEL_FILE).is_file() and not (path / STATE_FILE).is_file():
+        path = path / MODEL_FILE  # final/: weights alone, no training state
     if path.is_file():
-        load_weights(model, path)
-        return model
+        if path.parent.name == "final":  # the Trainer writes the EMA average there when EMA is on
+            ema = _run_used_ema(path.parent.parent / "config.yaml")
+            note = {True: "EMA weights", False: "raw weights (the run had no EMA)"}.get(
+                ema, "the EMA average if the run trained with train.ema_decay"
+            )  # fmt: skip
+            return TrainedWeights(path, ema, f"{path}: the run's final weights, {note}")
+        return TrainedWeights(path, None, f"{path}: the weights in this file")
     ckpt = resolve_checkpoint(path)
-    load_weights(model, ckpt / MODEL_FILE)
-    ema = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True).get("ema")
+    # mmap: only the keys are read here, not the optimizer state's tensors
+    has_ema = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True, mmap=True).get("ema") is not None
+    kind = "its EMA weights (from state.pt)" if has_ema else "its raw weights (the run had no EMA)"
+    return TrainedWeights(ckpt, has_ema, f"checkpoint {ckpt}: {kind}")
+
+
+def _run_used_ema(run_config: Path) -> bool | None:
+    """Whether the run whose resolved ``config.yaml`` this is trained with EMA (None: no readable config)."""
+    try:
+        return yaml.safe_load(run_config.read_text())["train"].get("ema_decay") is not None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def load_trained_weights(model: nn.Module, checkpoint: str | Path | TrainedWeights) -> nn.Module:
+    """Load trained weights into ``model``: a checkpoint's EMA weights when it has them, else its raw ones;
+    a weights file, or the ``model.safetensors`` of a run's ``final/`` directory, as stored."""
+    found = checkpoint if isinstance(checkpoint, TrainedWeights) else find_trained_weights(checkpoint)
+    if found.path.is_file():
+        load_weights(model, found.path)
+        return model
+    load_weights(model, found.path / MODEL_FILE)
+    ema = torch.load(found.path / STATE_FILE, map_location="cpu", weights_only=True).get("ema") if found.ema else None
     if ema is not None:
         model.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
     return model
