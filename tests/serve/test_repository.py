@@ -152,3 +152,57 @@ def test_a_model_that_fails_its_warm_up_is_reported_by_readyz(tmp_path):
         r = client.post("/v1/models/broken/predict", json={"instances": [[1, 2]]})
         assert r.status_code == 500 and "weights missing" in r.json()["error"]
         assert client.get("/healthz").status_code == 200
+
+
+BUILDS = {"datasets": 0, "samples": 0, "fail": False}
+
+
+class CountingSamples(torch.utils.data.Dataset):
+    """A dataset that counts the samples read from it."""
+
+    def __init__(self, inner: torch.utils.data.Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        BUILDS["samples"] += 1
+        return self.inner[i]
+
+
+def counting_digits(val_fraction: float = 0.2):
+    """The digits, counting every build of the dataset and every sample read (``BUILDS["fail"]``: it raises)."""
+    from deepseek.data.datasets import DatasetSplits, build_dataset
+
+    if BUILDS["fail"]:
+        raise RuntimeError("the full dataset is not available here")
+    BUILDS["datasets"] += 1
+    splits = build_dataset("digits", val_fraction=val_fraction)
+    return DatasetSplits(CountingSamples(splits.train), CountingSamples(splits.val), splits.num_classes)
+
+
+def test_a_run_directory_is_served_without_rebuilding_its_dataset(tmp_path, monkeypatch):
+    from safetensors.torch import save_model
+
+    from deepseek.config import load_config
+    from deepseek.train.build import build_model
+
+    monkeypatch.setitem(BUILDS, "datasets", 0)
+    monkeypatch.setitem(BUILDS, "samples", 0)
+    monkeypatch.setitem(BUILDS, "fail", False)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    cfg = {"model": {"name": "simple_cnn", "in_channels": 1, "num_classes": 10, "width": 8},
+           "data": {"name": f"{__name__}:counting_digits", "batch_size": 8}}  # fmt: skip
+    write_yaml(run / "config.yaml", cfg)
+    save_model(build_model(load_config(run / "config.yaml")), run / "final" / "model.safetensors")
+    first = {(m.name, m.version): m for m in discover(run)}["default", "1"]
+    assert BUILDS["samples"] <= 1  # one sample gives the spec
+    BUILDS["fail"] = True  # a restart must not need the dataset at all: its spec is saved in the run
+    again = {(m.name, m.version): m for m in discover(run)}["default", "1"]
+    assert BUILDS["datasets"] == 1 and BUILDS["samples"] == 1
+    assert again.spec.tensors == first.spec.tensors == {"input": TensorSpec([1, 8, 8], "float32")}
+    assert again.labels == first.labels == [str(i) for i in range(10)]
+    x, _ = digits_samples(2)
+    assert [r["index"] for r in again.run(again.parse(x)[0])] == [r["index"] for r in first.run(first.parse(x)[0])]

@@ -203,3 +203,47 @@ def test_a_killed_server_finishes_accepted_jobs_after_restart(model_dir, tmp_pat
         assert second["status"] == "succeeded" and second["result"] == [[10.0, 1.0]]
     finally:
         s.kill(signal.SIGTERM)
+
+
+def test_the_readme_stream_snippet_prints_each_token_once(server, capsys):
+    from tests.conftest import REPO
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    (block,) = [b for b in blocks if "client.stream(" in b]
+    lines = block.splitlines()
+    start = next(i for i, line in enumerate(lines) if "for event in client.stream(" in line)
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    loop = [lines[start]] + [line for line in lines[start + 1 :] if len(line) - len(line.lstrip()) > indent]
+    snippet = "\n".join(line[indent:] for line in loop)
+    with server.client() as client:
+        exec(snippet, {"client": client})  # the README's loop, as written
+        printed = capsys.readouterr().out
+        events = list(client.stream("gpt2", "the weather today is", {"max_new_tokens": 20}))
+    tokens = "".join(e["text"] for e in events if e["event"] == "token")
+    assert tokens and printed == tokens
+
+
+@pytest.mark.slow
+def test_a_job_that_kills_the_server_every_time_fails_after_max_attempts(model_dir, tmp_path):
+    db = str(tmp_path / "jobs.sqlite")
+    crashing = ""
+    for attempt in (1, 2):  # the job "crashes" the server: it is killed each time while running it
+        s = ServerProcess(model_dir, "--jobs-db", db, "--max-job-attempts", "2").start()
+        with s.client() as c:
+            if attempt == 1:
+                crashing = c.submit("slow", [[-1, 30, 0, 0]])  # would take 30 s: killed long before
+            deadline = time.monotonic() + 30
+            while (job := c.job(crashing))["status"] != "running" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert job["status"] == "running" and job["attempts"] == attempt
+        s.kill(signal.SIGKILL)
+    s = ServerProcess(model_dir, "--jobs-db", db, "--max-job-attempts", "2").start()
+    try:
+        with s.client() as c:
+            failed = c.job(crashing)  # failed on start-up, not run a third time
+            assert failed["status"] == "failed" and failed["attempts"] == 2
+            assert "crashed the server 2 times" in failed["error"]
+            after = c.wait(c.submit("slow", [[1, 2, 3, 4]]), timeout=60)  # the queue goes on
+        assert after["status"] == "succeeded" and after["result"] == [[10.0, 1.0]]
+    finally:
+        s.kill(signal.SIGTERM)

@@ -33,6 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from None
     if args.max_batch_size < 1 or args.max_delay_ms < 0 or args.max_queue < 1 or args.timeout_s <= 0:
         raise UsageError("--max-batch-size and --max-queue must be >= 1, --max-delay-ms >= 0, --timeout-s > 0")
+    if args.max_job_attempts < 1:
+        raise UsageError(f"--max-job-attempts: {args.max_job_attempts} is not allowed; it must be >= 1")
     model_dir = Path(args.model_dir)
     try:
         models = discover(model_dir)
@@ -44,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 2**20), api_key=api_key,
-        jobs_db=args.jobs_db or (model_dir / ".serve" / "jobs.sqlite"),
+        jobs_db=args.jobs_db or (model_dir / ".serve" / "jobs.sqlite"), max_job_attempts=args.max_job_attempts,
     )  # fmt: skip
     try:  # a read-only model directory fails here, with the way out, not in the server's start-up
         JobStore(settings.jobs_db).close()
@@ -80,6 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-s", type=float, default=30.0, help="a request's default time budget before 504")
     p.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body (default 1 MiB) before 413")
     p.add_argument("--jobs-db", default=None, help="SQLite file of async jobs (default MODEL_DIR/.serve/jobs.sqlite)")
+    p.add_argument("--max-job-attempts", type=int, default=3,
+                   help="a job that crashed the server this many times is failed, not re-run (default 3)")  # fmt: skip
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(fn=cmd_serve)
 

@@ -50,6 +50,7 @@ class ServeSettings:
     jobs_db: str | Path = "deepseek-serve-jobs.sqlite"
     job_workers: int = 4
     max_queued_jobs: int = 10_000
+    max_job_attempts: int = 3  # a job that crashed the server this many times fails instead of re-running
 
 
 class PredictRequest(BaseModel):
@@ -103,10 +104,15 @@ class Server:
                     b = Batcher(m, size, delay, queue, self.metrics.batch_observer(m.name))
                     b.start()
                     self.batchers[id(m.module)] = b
-        self.store = JobStore(s.jobs_db)
-        recovered = self.store.recover()
-        if recovered:
-            log.warning("re-queued %d job(s) a previous server was running", recovered)
+        # the store fsyncs every write: it runs on worker threads (self.db), never on this event loop
+        self.store = await asyncio.to_thread(JobStore, s.jobs_db)
+        per_model = {m.name: m.settings["max_job_attempts"] for versions in self.models.values()
+                     for m in versions.values() if "max_job_attempts" in m.settings}  # fmt: skip
+        requeued, failed = await self.db("recover", s.max_job_attempts, per_model)
+        if requeued:
+            log.warning("re-queued %d job(s) a previous server was running", requeued)
+        if failed:
+            log.warning("failed %d job(s) that crashed the server too often (max_job_attempts)", failed)
         self.tasks.append(asyncio.get_running_loop().create_task(self._warm_up()))
 
     async def _warm_up(self) -> None:
@@ -128,7 +134,12 @@ class Server:
         for b in self.batchers.values():
             await b.stop()
         if self.store is not None:
-            self.store.close()
+            await self.db("close")
+
+    async def db(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.store.<method>(*args)`` on a worker thread: SQLite's fsync must not stall the event loop."""
+        assert self.store is not None
+        return await asyncio.to_thread(getattr(self.store, method), *args, **kwargs)
 
     async def infer(
         self, m: ServedModel, batcher: Batcher, samples: list, params: dict, timeout_s: float | None
@@ -151,8 +162,8 @@ class Server:
     async def _job_worker(self) -> None:
         assert self.store is not None
         while True:
-            job = self.store.claim()
-            self.update_job_gauge()
+            job = await self.db("claim")
+            await self.update_job_gauge()
             if job is None:
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -167,21 +178,21 @@ class Server:
                         result = await self.infer(m, batcher, samples, params, req.get("timeout_s"))
                         break
                     except HTTPProblem as exc:  # a full queue delays a job; it does not fail it
-                        if exc.status != 429 or self.store.get(job["id"])["status"] == "cancelled":
+                        if exc.status != 429 or (await self.db("get", job["id"]))["status"] == "cancelled":
                             raise
                         await asyncio.sleep(0.05)
-                self.store.finish(job["id"], result=result)
+                await self.db("finish", job["id"], result=result)
             except HTTPProblem as exc:
-                self.store.finish(job["id"], error=f"{exc.status}: {exc.message}")
+                await self.db("finish", job["id"], error=f"{exc.status}: {exc.message}")
             except SpecError as exc:
-                self.store.finish(job["id"], error=f"422: {exc}")
+                await self.db("finish", job["id"], error=f"422: {exc}")
             except Exception as exc:  # a bad stored request must not stop the worker
                 log.exception("job %s failed", job["id"])
-                self.store.finish(job["id"], error=f"500: {type(exc).__name__}: {exc}")
+                await self.db("finish", job["id"], error=f"500: {type(exc).__name__}: {exc}")
 
-    def update_job_gauge(self) -> None:
+    async def update_job_gauge(self) -> None:
         if self.store is not None:
-            for state, n in self.store.counts().items():
+            for state, n in (await self.db("counts")).items():
                 self.metrics.jobs.labels(state).set(n)
 
 
@@ -235,7 +246,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
     @app.get("/metrics", tags=["health"])
     async def prometheus() -> PlainTextResponse:
-        server.update_job_gauge()
+        await server.update_job_gauge()
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models", tags=["models"])
@@ -261,30 +272,28 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     async def submit_job(name: str, body: PredictRequest, version: str | None = None) -> JSONResponse:
         m, _ = server.lookup(name, version)
         m.parse(body.instances, body.parameters)  # a bad request is refused now, not failed later
-        assert server.store is not None
-        if server.store.counts()["queued"] >= settings.max_queued_jobs:
+        if (await server.db("counts"))["queued"] >= settings.max_queued_jobs:
             raise HTTPProblem(429, f"{settings.max_queued_jobs} jobs are queued already", {"Retry-After": "5"})
-        job_id = server.store.submit(name, m.version, body.model_dump())
+        job_id = await server.db("submit", name, m.version, body.model_dump())  # on disk before the 202
         server.wake.set()
         return JSONResponse({"id": job_id, "status": "queued"}, 202, headers={"Location": f"/v1/jobs/{job_id}"})
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(job_id: str) -> dict[str, Any]:
-        job = server.store.get(job_id) if server.store else None
+        job = await server.db("get", job_id) if server.store else None
         if job is None:
             raise HTTPProblem(404, f"no job '{job_id}'")
         return job
 
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
     async def cancel_job(job_id: str) -> JSONResponse:
-        assert server.store is not None
-        before = server.store.get(job_id)
+        before = await server.db("get", job_id)
         if before is None:
             raise HTTPProblem(404, f"no job '{job_id}'")
         if before["status"] in FINAL:
             raise HTTPProblem(409, f"job '{job_id}' already {before['status']}")
-        server.store.cancel(job_id)
-        return JSONResponse(server.store.get(job_id))
+        await server.db("cancel", job_id)
+        return JSONResponse(await server.db("get", job_id))
 
     @app.post("/v1/models/{name}/stream", tags=["inference"], response_class=StreamingResponse)
     @app.post("/v1/models/{name}/versions/{version}/stream", tags=["inference"], response_class=StreamingResponse)

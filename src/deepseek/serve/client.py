@@ -3,7 +3,10 @@
 >>> client = Client("http://127.0.0.1:8080")                     # doctest: +SKIP
 >>> client.predict("default", [[[0.0] * 8] * 8])                 # doctest: +SKIP
 >>> job = client.submit("default", x); client.wait(job)["result"]  # doctest: +SKIP
->>> for event in client.stream("gpt2", "hello"): print(event["text"], end="")  # doctest: +SKIP
+>>> for event in client.stream("gpt2", "hello"):                  # doctest: +SKIP
+...     if event["event"] == "token": print(event["text"], end="")  # ``done`` repeats the whole text
+
+Instances may be nested lists, torch tensors or numpy arrays (sent as ``.tolist()``), or lists of them.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Client:
     # ------------------------------------------------------------------------------ sync
     def predict(self, model: str, instances: list[Any], parameters: dict[str, Any] | None = None,
                 version: str | None = None, timeout_s: float | None = None) -> list[Any]:  # fmt: skip
-        """One result per instance."""
+        """One result per instance; ``instances``: a list, or a tensor/array whose first axis is the samples."""
         body = _body(instances, parameters, timeout_s)
         return self._json("POST", f"{_model(model, version)}/predict", json=body)["predictions"]
 
@@ -112,8 +115,19 @@ def _model(name: str, version: str | None) -> str:
     return f"/v1/models/{name}" + (f"/versions/{version}" if version else "")
 
 
+def _jsonable(value: Any) -> Any:
+    """Tensors and arrays (anything with ``tolist``: torch, numpy) as nested lists, inside lists and dicts too."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return value.tolist()  # a torch tensor on the GPU comes back to the host here
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
 def _body(instances: Any, parameters: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"instances": instances, "parameters": parameters or {}}
+    body: dict[str, Any] = {"instances": _jsonable(instances), "parameters": parameters or {}}
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
     return body

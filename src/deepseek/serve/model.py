@@ -34,7 +34,7 @@ class ServedModel:
     tokenizer: Any = None  # a ``tokenizers.Tokenizer`` for text in and out of a decoder
     fixed_batch: int | None = None  # an ONNX graph exported for one batch size: pad and split to it
     max_new_tokens: int = 256
-    settings: dict[str, Any] = field(default_factory=dict)  # max_batch_size, max_delay_ms, max_queue, timeout_s
+    settings: dict[str, Any] = field(default_factory=dict)  # max_batch_size, max_delay_ms, max_queue, timeout_s, ...
 
     @property
     def generative(self) -> bool:

@@ -11,11 +11,16 @@ A model directory is one of:
   tell: input spec, label names, tokenizer, batching limits (see :class:`Entry`).
 
 A run's input spec, label names and text pre-processing come from its config: one validation sample
-of its dataset gives the shapes and dtypes, ``data.preprocess`` the tokenizer.
+of its dataset gives the shapes and dtypes, ``data.preprocess`` the tokenizer. Building a dataset can be
+slow (or impossible where the model is served), so the first start saves the spec and label names in
+``RUN/.serve/input_spec.json`` (keyed by the config's hash) and later starts read them from there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,9 @@ from deepseek.config.load import explain_error
 from deepseek.serve.model import ServedModel, text_encoder
 from deepseek.serve.spec import InputSpec, SpecError, TensorSpec, spec_from_json, spec_from_sample
 
+log = logging.getLogger("deepseek.serve")
 MANIFEST = "serve.yaml"
+SAVED_SPEC = Path(".serve") / "input_spec.json"  # under a run directory
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -54,6 +61,7 @@ class Entry(BaseModel):
     max_delay_ms: float | None = Field(None, ge=0)
     max_queue: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0)
+    max_job_attempts: int | None = Field(None, ge=1)  # jobs that crashed the server this often fail
 
 
 class Manifest(BaseModel):
@@ -147,9 +155,8 @@ def load_entry(e: Entry, root: Path) -> ServedModel:
         m.spec.tensors = spec_from_json(e.inputs, "inputs")
     m.labels = e.labels or m.labels
     m.spec.max_instances, m.max_new_tokens = e.max_instances, e.max_new_tokens
-    m.settings = {
-        k: v for k in ("max_batch_size", "max_delay_ms", "max_queue", "timeout_s") if (v := getattr(e, k)) is not None
-    }
+    limits = ("max_batch_size", "max_delay_ms", "max_queue", "timeout_s", "max_job_attempts")
+    m.settings = {k: v for k in limits if (v := getattr(e, k)) is not None}
     return m
 
 
@@ -170,27 +177,64 @@ def load_run_versions(run_dir: Path, names: list[str]) -> list[ServedModel]:
 def load_run(run_dir: Path, name: str, version: str) -> ServedModel:
     from deepseek.config import load_config
     from deepseek.data import Pipeline
-    from deepseek.data.datasets import build_dataset
     from deepseek.train.build import build_model, load_trained_weights
 
     cfg = load_config(run_dir / "config.yaml")
     module = load_trained_weights(build_model(cfg), run_dir / "final" / "model.safetensors").eval()
     if callable(getattr(module, "stream", None)):
         return ServedModel(name, version, module, _decoder_spec(module), str(run_dir))
+    prep = Pipeline(cfg.data.preprocess, seed=0) if cfg.data.preprocess else None
+    config_hash = hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
+    saved = _read_saved_spec(run_dir / SAVED_SPEC, config_hash)
+    if saved is None:
+        saved = _spec_from_one_sample(run_dir, cfg, prep)
+        _save_spec(run_dir / SAVED_SPEC, {"config_sha256": config_hash, **saved})
+    tensors = spec_from_json(saved["inputs"], str(run_dir / SAVED_SPEC))
+    spec = InputSpec(tensors, text=saved["text"], preprocess=prep if saved["text"] else None)
+    return ServedModel(name, version, module, spec, str(run_dir), labels=saved["labels"])
+
+
+def _spec_from_one_sample(run_dir: Path, cfg: Any, prep: Any) -> dict[str, Any]:
+    """``{"inputs": {name: TensorSpec json}, "text", "labels"}`` from one sample of the run's dataset."""
+    from deepseek.data.datasets import build_dataset
+
     splits = build_dataset(cfg.data.name, **cfg.data.kwargs)
     x = (splits.val if splits.val is not None and len(splits.val) else splits.train)[0][0]
-    prep = Pipeline(cfg.data.preprocess, seed=0) if cfg.data.preprocess else None
     text = isinstance(x, str)
     if text and prep is None:
         raise ModelDirError(f"{run_dir}: the dataset gives text but data.preprocess has no tokenizer")
     sample = prep(x) if text else x
     sample = sample if isinstance(sample, dict) else {"input": sample}
     axes = {k: list(range(t.ndim)) for k, t in sample.items()} if text else None  # token axes may vary
-    spec = InputSpec(spec_from_sample(sample, axes), text=text, preprocess=prep)
     classes = (splits.info or {}).get("classes") or (
         [str(i) for i in range(splits.num_classes)] if splits.num_classes else None
     )
-    return ServedModel(name, version, module, spec, str(run_dir), labels=classes)
+    inputs = {k: t.to_json() for k, t in spec_from_sample(sample, axes).items()}
+    return {"inputs": inputs, "text": text, "labels": classes}
+
+
+def _read_saved_spec(path: Path, config_hash: str) -> dict[str, Any] | None:
+    """The spec a previous start saved for this exact config, or None (absent, stale or unreadable)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("config_sha256") != config_hash:
+        return None
+    if not isinstance(saved.get("inputs"), dict) or not isinstance(saved.get("text"), bool):
+        return None
+    return saved
+
+
+def _save_spec(path: Path, saved: dict[str, Any]) -> None:
+    """Best effort: a read-only run directory is served all the same, only its next start rebuilds the data."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(saved, indent=2))
+        tmp.replace(path)  # atomic: a concurrent start reads the old file or the new one, never half of one
+    except OSError as exc:
+        log.info("could not save the input spec to %s (%s); the next start reads the dataset again", path, exc)
 
 
 def load_file(path: Path, name: str, version: str) -> ServedModel:
