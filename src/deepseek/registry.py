@@ -43,6 +43,7 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._display: dict[str, str] = {}
+        self._build_options: dict[str, tuple[Any, Callable[[str, Any, Any], Any]]] = {}
 
     def register(self, name: str | None = None, *, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[F], F]:
         """Decorator registering ``fn`` under ``name`` (default: its ``__name__``)."""
@@ -86,8 +87,24 @@ class Registry:
             return import_object(name)
         return self._entries[self.canonical(name)]
 
+    def add_build_option(self, key: str, apply: Callable[[str, Any, Any], Any], annotation: Any = Any) -> None:
+        """A keyword every entry's :meth:`build` accepts (``pretrained=`` for models): it is taken out of the
+        builder's arguments and, unless None, ``apply(name, built, value)`` returns what ``build`` gives.
+        ``annotation`` is the value's type, for checking configs; a builder with its own ``key`` keeps it."""
+        self._build_options[key] = (annotation, apply)
+
+    def build_options(self) -> dict[str, Any]:
+        """The extra build keywords and their types (see :meth:`add_build_option`)."""
+        return {key: annotation for key, (annotation, _) in self._build_options.items()}
+
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.get(name)(*args, **kwargs)
+        builder = self.get(name)
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in self._build_options and not _takes(builder, k)}
+        built = builder(*args, **kwargs)
+        for key, value in options.items():
+            if value is not None:
+                built = self._build_options[key][1](name, built, value)
+        return built
 
     def info(self, name: str) -> dict[str, Any]:
         return dict(self._info.get(self.canonical(name), {}))
@@ -122,6 +139,14 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self)} entries)"
+
+
+def _takes(fn: Callable[..., Any], key: str) -> bool:
+    """Whether ``fn`` declares a parameter named ``key`` itself."""
+    try:
+        return key in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
 
 
 def is_import_path(name: str) -> bool:

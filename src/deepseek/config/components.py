@@ -61,6 +61,8 @@ def validate_kwargs(registry: Registry, name: str, kwargs: dict[str, Any]) -> di
     except RegistryError as exc:
         raise ComponentErrors([ComponentError(("name",), str(exc), name, "unknown_name")]) from None
     fields, var_kw = builder_fields(fn)
+    for key, annotation in registry.build_options().items():  # keywords the registry's build takes for every entry
+        fields.setdefault(key, (annotation, None))
     model = create_model(  # type: ignore[call-overload]
         f"{registry.kind}:{name}",
         __config__=ConfigDict(extra="allow" if var_kw else "forbid", arbitrary_types_allowed=True),

@@ -6,6 +6,7 @@ overrides; a config's ``model: {name: resnet50, num_classes: 10}`` does the same
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -14,7 +15,11 @@ import torch.nn as nn
 import yaml
 
 from deepseek.models import basic, language, mobile, pretrained, sequence, speech, structured, vision  # noqa: F401
+from deepseek.models.weights import load_pretrained
 from deepseek.registry import models as registry
+
+# Every model accepts pretrained=PATH (a config's model.pretrained): a local HF / timm / torchvision checkpoint.
+registry.add_build_option("pretrained", load_pretrained, annotation=str | None)
 
 
 def template(name: str) -> dict[str, Any]:
@@ -24,8 +29,12 @@ def template(name: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
-def build(name: str, **overrides: Any) -> nn.Module:
+def build(name: str | Mapping[str, Any], **overrides: Any) -> nn.Module:
     """Build a registered model (case-insensitive) from its template with ``overrides``, or one named by import path."""
+    if isinstance(name, Mapping):  # a config's model section, {"name": ..., **overrides}
+        if "name" not in name:
+            raise ValueError(f"model: a mapping needs 'name' (a registered model or import path); got keys {sorted(name)}")
+        return build(**{**name, **overrides})
     if name not in registry:
         return registry.build(name, **overrides)
     kwargs = {k: v for k, v in template(name).get("model", {}).items() if k != "name"}
