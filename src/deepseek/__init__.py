@@ -27,6 +27,7 @@ from deepseek.config import Config, ConfigError, load_config
 from deepseek.jit_compile import jit, jit_report, unjit
 from deepseek.registry import Registry, register_model
 from deepseek.train import Trainer, seed_everything
+from deepseek.train.accumulate import GradientAccumulator
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "amp",
     "Config",
     "ConfigError",
+    "GradientAccumulator",
     "Module",
     "Registry",
     "Trainer",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import deepseek as ds
+from deepseek.models.weights import PretrainedWeightsError
 
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -167,7 +168,7 @@ def test_a_model_without_a_mapping_and_a_missing_file_are_clear_errors(tmp_path)
     torch.save({}, tmp_path / "empty.pt")
     with pytest.raises(ValueError, match="simple_cnn.*gpt2"):
         ds.models.build("simple_cnn", pretrained=str(tmp_path / "empty.pt"))
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    with pytest.raises(PretrainedWeightsError, match="nothing is downloaded"):
         ds.models.build("resnet18", pretrained=str(tmp_path / "resnet18.pth"))
 
 

@@ -255,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command; user errors print ``error: ...`` and exit with code 2, never a traceback."""
     from deepseek.config import ConfigError
+    from deepseek.data.folders import DataPathError
+    from deepseek.errors import MissingDependency
+    from deepseek.models.weights import PretrainedWeightsError
     from deepseek.registry import RegistryError
     from deepseek.train.checkpoint import CheckpointError
 
@@ -264,7 +267,9 @@ def run_command(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    except (UsageError, RegistryError, CheckpointError, FileNotFoundError, ModuleNotFoundError) as exc:
+    # only errors about the user's own inputs; any other exception (a FileNotFoundError from inside the
+    # framework included) keeps its traceback, so real bugs stay visible
+    except (UsageError, RegistryError, CheckpointError, DataPathError, MissingDependency, PretrainedWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from annotated_types import Gt
 from torch.utils.data import Dataset
 
 from deepseek.data.datasets import DatasetSplits, Fraction, split_indices, stratified_split
+from deepseek.errors import MissingDependency
 from deepseek.registry import register_dataset
 
 TOPICS = ("tech_support", "trivia", "coding", "emotion", "ai", "psychology", "literature", "humor", "money", "science")
@@ -33,7 +34,7 @@ def _optional(module: str, dataset: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError:
-        raise ModuleNotFoundError(
+        raise MissingDependency(
             f"dataset '{dataset}' ships in an optional package: pip install 'deepseek-framework[data]'"
         ) from None
 
@@ -139,7 +140,7 @@ def synthesize_spoken_digits(out_dir: Path, sample_rate: int = 16000) -> list[tu
     left half-written by a killed process is completed, never used as is."""
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
-            raise FileNotFoundError(f"spoken_digits needs '{tool}' (Debian: apt-get install espeak-ng sox)")
+            raise MissingDependency(f"spoken_digits needs '{tool}' (Debian: apt-get install espeak-ng sox)")
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = [
         (f"{word}_{voice.replace('+', '-')}_{speed}_{pitch}.wav", digit, word, voice, speed, pitch)

@@ -6,7 +6,8 @@ It is a :class:`ResumableDataLoader` (so a plain ``torch.utils.data.DataLoader``
 and world size from ``torch.distributed`` (or torchrun's environment), and applies a
 :class:`Pipeline` given as ``collate_fn`` to each sample with a seed made from ``(seed, epoch,
 sample index)``: an augmented sample is the same whichever worker or rank produced it, so a run
-resumed mid-epoch with workers sees exactly the samples the uninterrupted run saw.
+resumed mid-epoch with workers sees exactly the samples the uninterrupted run saw. The pipeline's
+batch-level steps (MixUp, CutMix) run on each collated batch, seeded from its sample indices.
 """
 
 from __future__ import annotations
@@ -46,21 +47,35 @@ class _Indexed(Dataset):
 
 
 class SeededCollate:
-    """Apply ``pipeline`` to each sample's input (the first item of an ``(input, target)`` pair, else
-    the whole sample) with its :func:`sample_seed`, then ``collate``. Picklable for workers."""
+    """Apply ``pipeline``'s per-sample steps to each sample's input (the first item of an ``(input,
+    target)`` pair, else the whole sample) with its :func:`sample_seed`, then ``collate``, then its
+    batch-level steps (MixUp, CutMix: they mix samples, so they need the whole batch) to the collated
+    batch with :func:`batch_seed`. Picklable for workers."""
 
     def __init__(self, pipeline: Pipeline, seed: int, collate: Callable[[list[Any]], Any] = default_collate) -> None:
         self.pipeline, self.seed, self.collate, self.epoch = pipeline, seed, collate, 0
+        self.per_sample, self.per_batch = pipeline.split()
 
     def __call__(self, items: list[tuple[int, Any]]) -> Any:
         out = []
         for index, sample in items:
             s = sample_seed(self.seed, self.epoch, index)
-            if isinstance(sample, (tuple, list)) and len(sample) == 2:
-                out.append((self.pipeline(sample[0], seed=s), sample[1]))
+            if self.per_sample is None:
+                out.append(sample)
+            elif isinstance(sample, (tuple, list)) and len(sample) == 2:
+                out.append((self.per_sample(sample[0], seed=s), sample[1]))
             else:
-                out.append(self.pipeline(sample, seed=s))
-        return self.collate(out)
+                out.append(self.per_sample(sample, seed=s))
+        batch = self.collate(out)
+        if self.per_batch is not None:
+            batch = self.per_batch(batch, seed=batch_seed(self.seed, self.epoch, [i for i, _ in items]))
+        return batch
+
+
+def batch_seed(seed: int, epoch: int, indices: list[int]) -> int:
+    """The seed of a batch-level step: from the batch's sample indices, so independent of worker and
+    rank, and distinct from every per-sample seed of the epoch (offset by a large odd constant)."""
+    return (sample_seed(seed, epoch, indices[0]) + 0x9E3779B97F4A7C15 + len(indices)) % (2**63)
 
 
 def dataset_from_path(path: Path) -> DatasetSplits:
@@ -95,8 +110,9 @@ class DistributedDataset(ResumableDataLoader):
     equal shard sizes), shuffles per epoch from ``seed``, and resumes mid-epoch via ``load_state_dict``.
 
     ``path_or_dataset``: a ``torch`` Dataset, a path (see :func:`dataset_from_path`), or a registered
-    dataset name (its ``split``, ``train`` or ``val``). ``collate_fn``: a :class:`Pipeline` (applied per sample, seeded; then ``default_collate``)
-    or any collate function. ``num_workers`` defaults to ``min(8, cpu count)``.
+    dataset name (its ``split``, ``train`` or ``val``). ``collate_fn``: a :class:`Pipeline` (its per-sample
+    steps seeded per sample, then ``default_collate``, then its batch-level steps such as MixUp seeded per
+    batch) or any collate function. ``num_workers`` defaults to ``min(8, cpu count)``.
     """
 
     def __init__(

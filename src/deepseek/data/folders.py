@@ -12,25 +12,38 @@ import torch
 from annotated_types import Ge, Gt, Lt
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from deepseek.data.bundled import WaveformClassification, split_texts
+from deepseek.data.bundled import fit_length, read_wav, split_texts
 from deepseek.data.datasets import DatasetSplits, split_indices, stratified_split
+from deepseek.data.transforms.audio_ops import resample
 from deepseek.registry import register_dataset
 
 Fraction = Annotated[float, Ge(0), Lt(1)]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
+class DataPathError(FileNotFoundError):
+    """A data path the user gave (a dataset ``root`` or ``path``) that does not hold the data: a user
+    error (the CLI prints one line), unlike a FileNotFoundError from inside the framework (a bug)."""
+
+
+def existing_file(path: str | Path) -> Path:
+    """``path`` as a Path; raises DataPathError when no such file exists."""
+    if not Path(path).is_file():
+        raise DataPathError(f"'{path}': no such file")
+    return Path(path)
+
+
 def class_folders(root: str | Path, suffixes: set[str]) -> tuple[list[tuple[Path, int]], list[str]]:
     """``(file, class index)`` for every file with a matching suffix under ``root/<class>/``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"'{root}' is not a directory")
+        raise DataPathError(f"'{root}' is not a directory")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     items = [
         (f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*")) if f.suffix.lower() in suffixes
     ]
     if not items:
-        raise FileNotFoundError(f"no {sorted(suffixes)} files under '{root}/<class>/'")
+        raise DataPathError(f"no {sorted(suffixes)} files under '{root}/<class>/'")
     return items, classes
 
 
@@ -54,6 +67,23 @@ class ImageFiles(Dataset):
         return (t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)), label
 
 
+class WavFiles(Dataset):
+    """``(waveform (1, length) float32, label)``: each WAV file made mono, resampled from its own rate
+    to ``sample_rate``, then trimmed or zero-padded to ``length``."""
+
+    def __init__(self, items: list[tuple[Path, int]], sample_rate: int, length: int) -> None:
+        self.items, self.sample_rate, self.length = items, sample_rate, length
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[i]
+        wave_, rate = read_wav(path)
+        mono = resample(wave_.mean(0, keepdim=True), rate, self.sample_rate)
+        return fit_length(mono, self.length), label
+
+
 @register_dataset("image_folder")
 def image_folder(
     root: str, size: Annotated[int, Gt(0)] = 64, channels: int = 3, val_fraction: Fraction = 0.2, seed: int = 0
@@ -75,21 +105,22 @@ def image_folder(
 def wav_folder(
     root: str,
     duration_s: Annotated[float, Gt(0)] = 1.0,
-    sample_rate: int = 16000,
+    sample_rate: Annotated[int, Gt(0)] = 16000,
     val_fraction: Fraction = 0.2,
     seed: int = 0,
 ) -> DatasetSplits:
-    """16-bit WAV files under ``root/<class>/`` at ``sample_rate``: ``(waveform (1, T), label)``, T = rate x duration."""
+    """16-bit WAV files under ``root/<class>/``, each resampled from its own rate to ``sample_rate``:
+    ``(waveform (1, T), label)``, T = sample_rate x duration_s."""
     items, classes = class_folders(root, {".wav"})
     tr, va = split_indices([c for _, c in items], val_fraction, seed)
     length = int(sample_rate * duration_s)
-    pick = lambda ids: WaveformClassification([items[i] for i in ids], length)  # noqa: E731
+    pick = lambda ids: WavFiles([items[i] for i in ids], sample_rate, length)  # noqa: E731
     return DatasetSplits(
         pick(tr),
         pick(va) if va else None,
         len(classes),
         (1, length),
-        {"classes": classes, "files": [str(p) for p, _ in items]},
+        {"classes": classes, "files": [str(p) for p, _ in items], "sample_rate": sample_rate},
     )
 
 
@@ -108,7 +139,7 @@ def table(
     """
     import pandas as pd
 
-    p = Path(path)
+    p = existing_file(path)
     frame = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else pd.read_csv(p)
     if target not in frame.columns:
         raise ValueError(f"{path}: no column '{target}'; columns: {', '.join(map(str, frame.columns))}")
@@ -137,7 +168,7 @@ def jsonl_text(
 ) -> DatasetSplits:
     """One JSON object per line with ``text_key`` and ``label_key``: ``(text, class index)``; labels sorted."""
     texts, raw = [], []
-    with open(path, encoding="utf-8") as f:
+    with existing_file(path).open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

