@@ -66,6 +66,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_drift(args: argparse.Namespace) -> int:
     from deepseek.data.quality import drift_report, load_matrix
 
+    for source in (args.reference, args.new):
+        # `name:split` is a dataset split (load_matrix builds it); anything else must be an existing file
+        looks_like_file = Path(source).suffix.lower() in (".csv", ".parquet", ".pq", ".npy") or ":" not in source
+        if looks_like_file and not Path(source).is_file():
+            raise UsageError(
+                f"'{source}': no such file (give two .csv / .parquet / .npy files or dataset splits such as digits:val)"
+            )
     try:
         ref, names = load_matrix(args.reference)
         new, _ = load_matrix(args.new)
