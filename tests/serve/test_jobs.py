@@ -25,13 +25,19 @@ class Doubler(torch.nn.Module):
         return x * 2
 
 
+def wait_ready(client: TestClient) -> None:
+    """Poll /readyz until the warm-up is done (503 before), or fail after 30 s."""
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the app did not become ready"
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def app_client(tmp_path: Path) -> Iterator[TestClient]:
     m = ServedModel("double", "1", Doubler(), InputSpec({"x": TensorSpec([2])}), "test")
     with TestClient(create_app([m], ServeSettings(jobs_db=tmp_path / "jobs.sqlite", job_workers=1))) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_ready(client)
         yield client
 
 
@@ -55,6 +61,7 @@ def test_job_store_writes_run_off_the_event_loop(tmp_path, monkeypatch):
         watch(name)
     m = ServedModel("double", "1", Doubler(), InputSpec({"x": TensorSpec([2])}), "test")
     with TestClient(create_app([m], ServeSettings(jobs_db=tmp_path / "jobs.sqlite", job_workers=1))) as client:
+        wait_ready(client)
         r = client.post("/v1/models/double/jobs", json={"instances": [[1, 2]]})
         assert r.status_code == 202
         job_id = r.json()["id"]
