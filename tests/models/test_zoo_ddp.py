@@ -10,9 +10,6 @@ model gets its own process group, so one model's failure cannot stall the ones a
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
-import os
-import traceback
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import deepseek as ds
+from tests.gloo_ranks import run_ranks
 from tests.models.test_zoo import example_input
 
 WORLD = 2
@@ -108,51 +106,28 @@ def _train_under_ddp(name: str, overrides: dict[str, Any], rank: int, group: dis
         raise AssertionError(f"weights differ between ranks after {STEPS} steps in {differ} parameters")
 
 
-def _worker(rank: int, port: int, results: mp.Queue) -> None:
-    """One rank: every case in turn, each on a fresh process group; puts ``(rank, {case: error or None})``."""
-    torch.set_num_threads(1)  # two ranks share the machine's cores
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own connections stay on the loopback too
+def _worker(rank: int) -> dict[str, str | None]:
+    """One rank: every case in turn, each on a fresh process group; returns ``{case: error or None}``."""
     outcome: dict[str, str | None] = {}
-    try:
-        store = dist.TCPStore("127.0.0.1", port, WORLD, is_master=False, timeout=timedelta(seconds=120))
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
-        for case, name, overrides in cases():
-            group = dist.new_group(list(range(WORLD)), timeout=MODEL_TIMEOUT)
-            try:
-                _train_under_ddp(name, overrides, rank, group)
-                outcome[case] = None
-            except Exception as exc:  # reported per model; the next one gets a fresh group
-                lines = str(exc).strip().splitlines() or [""]
-                unused = [line.strip() for line in lines if "did not receive grad" in line]  # DDP names them
-                outcome[case] = " ".join([f"{type(exc).__name__}: {lines[0][:160]}", *unused])
-            finally:
-                dist.destroy_process_group(group)
-                gc.collect()
-        dist.destroy_process_group()
-    except Exception:
-        outcome["<rank setup>"] = traceback.format_exc()
-    results.put((rank, outcome))
+    for case, name, overrides in cases():
+        group = dist.new_group(list(range(WORLD)), timeout=MODEL_TIMEOUT)
+        try:
+            _train_under_ddp(name, overrides, rank, group)
+            outcome[case] = None
+        except Exception as exc:  # reported per model; the next one gets a fresh group
+            lines = str(exc).strip().splitlines() or [""]
+            unused = [line.strip() for line in lines if "did not receive grad" in line]  # DDP names them
+            outcome[case] = " ".join([f"{type(exc).__name__}: {lines[0][:160]}", *unused])
+        finally:
+            dist.destroy_process_group(group)
+            gc.collect()
+    return outcome
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_every_model_trains_under_ddp_on_two_gloo_ranks():
-    # The parent hosts the rendezvous store on a port the OS picks: no port guessing, no EADDRINUSE.
-    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, timeout=timedelta(seconds=120), wait_for_workers=False)
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(rank, store.port, results)) for rank in range(WORLD)]
-    for p in procs:
-        p.start()
-    try:
-        by_rank = dict(results.get(timeout=TOTAL_TIMEOUT_S) for _ in procs)
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    setup = [by_rank[r].get("<rank setup>") for r in range(WORLD) if "<rank setup>" in by_rank[r]]
-    assert not setup, setup[0]
+    by_rank = run_ranks(_worker, WORLD, timeout_s=TOTAL_TIMEOUT_S)
     missing = "not reached (the rank stopped before it)"
     # a case passes when both ranks finished it
     report = {case: by_rank[0].get(case, missing) or by_rank[1].get(case, missing) for case, _, _ in cases()}
