@@ -9,7 +9,7 @@ import torch
 
 from deepseek.serve import InputSpec, SpecError, TensorSpec, discover
 from deepseek.serve.repository import ModelDirError
-from tests.conftest import run_cli, write_yaml
+from tests.conftest import REPO, run_cli, write_yaml
 from tests.serve.conftest import digits_samples
 
 
@@ -206,3 +206,20 @@ def test_a_run_directory_is_served_without_rebuilding_its_dataset(tmp_path, monk
     assert again.labels == first.labels == [str(i) for i in range(10)]
     x, _ = digits_samples(2)
     assert [r["index"] for r in again.run(again.parse(x)[0])] == [r["index"] for r in first.run(first.parse(x)[0])]
+
+
+def test_a_run_written_by_deepseek_train_is_served_without_building_its_dataset(tmp_path, monkeypatch):
+    from deepseek.cli.main import main
+
+    monkeypatch.setitem(BUILDS, "fail", False)
+    monkeypatch.chdir(REPO)  # the config names this module by its import path
+    cfg = tmp_path / "cfg.yaml"
+    write_yaml(cfg, {"model": {"name": "simple_cnn", "in_channels": 1, "num_classes": 10, "width": 8},
+                     "data": {"name": f"{__name__}:counting_digits", "batch_size": 8},
+                     "train": {"max_steps": 1}})  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--run-dir", str(run)]) == 0
+    BUILDS["fail"] = True  # the very first start of the server must not need the dataset
+    (m,) = [m for m in discover(run) if (m.name, m.version) == ("default", "1")]
+    assert m.spec.tensors == {"input": TensorSpec([1, 8, 8], "float32")}
+    assert m.labels == [str(i) for i in range(10)]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from deepseek.cli import compress_cmd, export_cmd, serve_cmd
 from deepseek.cli.errors import UsageError
@@ -82,7 +83,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         shutdown_distributed(wait=False)
         raise
     shutdown_distributed()
+    if run.trainer.run_dir is not None and os.environ.get("RANK", "0") == "0":
+        _save_input_spec(run)
     return 0
+
+
+def _save_input_spec(run: Any) -> None:
+    """``RUN/input_spec.json`` from one sample, so serving the run never builds its dataset. Best effort:
+    a sample the server cannot describe (a graph) only means the run is served through a serve.yaml."""
+    from deepseek.data import Pipeline
+    from deepseek.data.sample_spec import describe_sample, write_input_spec
+
+    prep = Pipeline(run.config.data.preprocess, seed=0) if run.config.data.preprocess else None
+    try:
+        write_input_spec(run.trainer.run_dir, describe_sample(run.splits, prep))
+    except (ValueError, TypeError, IndexError) as exc:
+        print(f"note: no input_spec.json for serving ({exc})", file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -10,16 +10,14 @@ A model directory is one of:
 - a folder with a ``serve.yaml`` manifest naming each model, its version, and what the files cannot
   tell: input spec, label names, tokenizer, batching limits (see :class:`Entry`).
 
-A run's input spec, label names and text pre-processing come from its config: one validation sample
-of its dataset gives the shapes and dtypes, ``data.preprocess`` the tokenizer. Building a dataset can be
-slow (or impossible where the model is served), so the first start saves the spec and label names in
-``RUN/.serve/input_spec.json`` (keyed by the config's hash) and later starts read them from there.
+A run's input spec and label names come from ``RUN/input_spec.json``, which ``deepseek train`` writes
+from one validation sample (see :mod:`deepseek.data.sample_spec`); text pre-processing comes from the
+config's ``data.preprocess``. A run without that file (trained by an older release, or whose config was
+edited since) builds its dataset once to read one sample, and saves the file for later starts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -31,12 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deepseek.config import ConfigError
 from deepseek.config.load import explain_error
+from deepseek.data.sample_spec import SPEC_FILE, describe_sample, read_input_spec, write_input_spec
 from deepseek.serve.model import ServedModel, text_encoder
-from deepseek.serve.spec import InputSpec, SpecError, TensorSpec, spec_from_json, spec_from_sample
+from deepseek.serve.spec import InputSpec, SpecError, TensorSpec, spec_from_json
 
 log = logging.getLogger("deepseek.serve")
 MANIFEST = "serve.yaml"
-SAVED_SPEC = Path(".serve") / "input_spec.json"  # under a run directory
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -184,57 +182,23 @@ def load_run(run_dir: Path, name: str, version: str) -> ServedModel:
     if callable(getattr(module, "stream", None)):
         return ServedModel(name, version, module, _decoder_spec(module), str(run_dir))
     prep = Pipeline(cfg.data.preprocess, seed=0) if cfg.data.preprocess else None
-    config_hash = hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
-    saved = _read_saved_spec(run_dir / SAVED_SPEC, config_hash)
-    if saved is None:
+    saved = read_input_spec(run_dir)
+    if saved is None:  # a run trained before input_spec.json existed, or whose config was edited
         saved = _spec_from_one_sample(run_dir, cfg, prep)
-        _save_spec(run_dir / SAVED_SPEC, {"config_sha256": config_hash, **saved})
-    tensors = spec_from_json(saved["inputs"], str(run_dir / SAVED_SPEC))
+        write_input_spec(run_dir, saved)
+    tensors = spec_from_json(saved["inputs"], str(run_dir / SPEC_FILE))
     spec = InputSpec(tensors, text=saved["text"], preprocess=prep if saved["text"] else None)
     return ServedModel(name, version, module, spec, str(run_dir), labels=saved["labels"])
 
 
 def _spec_from_one_sample(run_dir: Path, cfg: Any, prep: Any) -> dict[str, Any]:
-    """``{"inputs": {name: TensorSpec json}, "text", "labels"}`` from one sample of the run's dataset."""
+    """``{"inputs", "text", "labels"}`` from one sample of the run's dataset (built for it)."""
     from deepseek.data.datasets import build_dataset
 
-    splits = build_dataset(cfg.data.name, **cfg.data.kwargs)
-    x = (splits.val if splits.val is not None and len(splits.val) else splits.train)[0][0]
-    text = isinstance(x, str)
-    if text and prep is None:
-        raise ModelDirError(f"{run_dir}: the dataset gives text but data.preprocess has no tokenizer")
-    sample = prep(x) if text else x
-    sample = sample if isinstance(sample, dict) else {"input": sample}
-    axes = {k: list(range(t.ndim)) for k, t in sample.items()} if text else None  # token axes may vary
-    classes = (splits.info or {}).get("classes") or (
-        [str(i) for i in range(splits.num_classes)] if splits.num_classes else None
-    )
-    inputs = {k: t.to_json() for k, t in spec_from_sample(sample, axes).items()}
-    return {"inputs": inputs, "text": text, "labels": classes}
-
-
-def _read_saved_spec(path: Path, config_hash: str) -> dict[str, Any] | None:
-    """The spec a previous start saved for this exact config, or None (absent, stale or unreadable)."""
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(saved, dict) or saved.get("config_sha256") != config_hash:
-        return None
-    if not isinstance(saved.get("inputs"), dict) or not isinstance(saved.get("text"), bool):
-        return None
-    return saved
-
-
-def _save_spec(path: Path, saved: dict[str, Any]) -> None:
-    """Best effort: a read-only run directory is served all the same, only its next start rebuilds the data."""
-    try:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(saved, indent=2))
-        tmp.replace(path)  # atomic: a concurrent start reads the old file or the new one, never half of one
-    except OSError as exc:
-        log.info("could not save the input spec to %s (%s); the next start reads the dataset again", path, exc)
+        return describe_sample(build_dataset(cfg.data.name, **cfg.data.kwargs), prep)
+    except (ValueError, TypeError) as exc:
+        raise ModelDirError(f"{run_dir}: {exc}; describe its inputs in a {MANIFEST}") from None
 
 
 def load_file(path: Path, name: str, version: str) -> ServedModel:

@@ -115,20 +115,6 @@ class InputSpec:
         return {k: spec.check(value[k], f"{where}.{k}") for k, spec in self.tensors.items()}
 
 
-def spec_from_sample(
-    sample: dict[str, torch.Tensor], dynamic: dict[str, list[int]] | None = None
-) -> dict[str, TensorSpec]:
-    """Per-sample specs from one sample's tensors; ``dynamic`` names the axes (per input) that may vary."""
-    dynamic = dynamic or {}
-    return {
-        k: TensorSpec(
-            [None if i in dynamic.get(k, []) else d for i, d in enumerate(t.shape)],
-            str(t.dtype).removeprefix("torch."),
-        )
-        for k, t in sample.items()
-    }
-
-
 def spec_from_json(raw: dict[str, Any], where: str) -> dict[str, TensorSpec]:
     """``{name: {shape: [...], dtype: ..., max_dim: ...}}`` from a manifest, with errors naming the key."""
     out = {}

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from deepseek import registry as reg
 from deepseek.config import Config, ConfigError, load_config
 from deepseek.data import DistributedDataset, Pipeline, build_dataset
+from deepseek.data.datasets import DatasetSplits
 from deepseek.optim import build_optimizer, build_scheduler
 from deepseek.train.callbacks import EarlyStopping
 from deepseek.train.checkpoint import MODEL_FILE, STATE_FILE, load_weights, resolve_checkpoint, write_text_atomic
@@ -33,15 +34,18 @@ class Run:
     model: nn.Module
     train_loader: DataLoader
     val_loader: DataLoader | None
+    splits: DatasetSplits | None = None  # the datasets the loaders read (one sample describes the inputs)
 
 
 def build_model(cfg: Config) -> nn.Module:
     return reg.models.build(cfg.model.name, **cfg.model.kwargs)
 
 
-def build_loaders(cfg: Config, dist: DistInfo) -> tuple[DataLoader, DataLoader | None]:
+def build_loaders(
+    cfg: Config, dist: DistInfo, splits: DatasetSplits | None = None
+) -> tuple[DataLoader, DataLoader | None]:
     d = cfg.data
-    splits = build_dataset(d.name, **d.kwargs)
+    splits = splits if splits is not None else build_dataset(d.name, **d.kwargs)
     common = dict(seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, num_workers=d.num_workers)
     steps = [*d.preprocess, *d.transforms]
     augment = Pipeline(steps, seed=cfg.train.seed) if steps else None
@@ -69,7 +73,8 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str |
             raise ConfigError([f"train.gradient_checkpointing: model '{cfg.model.name}' has no gradient_checkpointing_enable(); "
                                "wrap its blocks with ds.nn.checkpoint_modules in Python instead"])  # fmt: skip
         model.gradient_checkpointing_enable()
-    train_loader, val_loader = build_loaders(cfg, dist)
+    splits = build_dataset(cfg.data.name, **cfg.data.kwargs)
+    train_loader, val_loader = build_loaders(cfg, dist, splits)
     optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
     scheduler = None
     if cfg.scheduler is not None:
@@ -114,7 +119,7 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str |
     trainer.train_data, trainer.val_data = train_loader, val_loader
     if run_dir is not None and dist.is_main:
         save_resolved_config(cfg, run_dir)
-    return Run(cfg, trainer, model, train_loader, val_loader)
+    return Run(cfg, trainer, model, train_loader, val_loader, splits)
 
 
 def trainer_from_config(
