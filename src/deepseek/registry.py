@@ -4,7 +4,13 @@ Models, datasets, transforms, optimizers, schedulers, callbacks, metrics and los
 :class:`Registry`. A component is looked up by its registered name (case-insensitive) or, for the
 user's own code, by an import path such as ``my_pkg.nets:Net`` or ``my_pkg.nets.Net``.
 
-This module imports nothing heavy so that every layer may use it.
+An import path is checked before anything it names is called: the standard library and built-in modules
+never provide components (``os:system`` is refused before ``os`` is looked at), and the object must be a
+class or a Python function of the registry's kind (an ``nn.Module`` subclass or a builder for models; a
+builder's result is checked after the call). Importing a module runs its top-level code, so code named by
+a directory the user did not write is refused outright inside :func:`refusing_import_paths`.
+
+This module imports nothing heavy so that every layer may use it (base classes are named, not imported).
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,8 +46,11 @@ class Registry:
     True
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, base: str | None = None, result: str | None = None) -> None:
+        """``base``: the class (``torch.nn:Module``) an imported class must subclass; ``result``: the class an
+        imported function's result must be an instance of, or ``"callable"``. Named, so torch loads late."""
         self.kind = kind
+        self.base, self.result = base, result
         self._entries: dict[str, Callable[..., Any]] = {}
         self._aliases: dict[str, str] = {}
         self._info: dict[str, dict[str, Any]] = {}
@@ -82,10 +94,22 @@ class Registry:
         )
 
     def get(self, name: str) -> Callable[..., Any]:
-        """The builder for a registered name, or the object an import path names."""
+        """The builder for a registered name, or the class or function of this kind an import path names."""
         if is_import_path(name) and name.lower() not in self._entries:
-            return import_object(name)
+            return self._check_kind(name, import_object(name))
         return self._entries[self.canonical(name)]
+
+    def _check_kind(self, path: str, obj: Any) -> Callable[..., Any]:
+        """``obj`` if it is a class or Python function this registry can build with, else a RegistryError."""
+        what = f"a {singular(self.kind)} import path must name a class or a function that builds one"
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            got = "a module" if inspect.ismodule(obj) else f"a {type(obj).__name__} object"
+            raise RegistryError(f"'{path}' is {got}, not a class or function; {what}")
+        if _is_standard_library(getattr(obj, "__module__", None) or ""):  # reached through another module
+            raise RegistryError(f"'{path}': standard-library and built-in modules cannot provide components")
+        if inspect.isclass(obj) and self.base is not None and not issubclass(obj, _named_class(self.base)):
+            raise RegistryError(f"'{path}' is not a subclass of {_dotted(self.base)}; {what}")
+        return obj
 
     def add_build_option(self, key: str, apply: Callable[[str, Any, Any], Any], annotation: Any = Any) -> None:
         """A keyword every entry's :meth:`build` accepts (``pretrained=`` for models): it is taken out of the
@@ -101,10 +125,22 @@ class Registry:
         builder = self.get(name)
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in self._build_options and not _takes(builder, k)}
         built = builder(*args, **kwargs)
+        if inspect.isfunction(builder) and is_import_path(name) and name.lower() not in self._entries:
+            self._check_result(name, built)
         for key, value in options.items():
             if value is not None:
                 built = self._build_options[key][1](name, built, value)
         return built
+
+    def _check_result(self, path: str, built: Any) -> None:
+        """What an imported builder function returned must be of this registry's kind."""
+        if self.result is None:
+            return
+        ok = callable(built) if self.result == "callable" else isinstance(built, _named_class(self.result))
+        if not ok:
+            wanted = "callable" if self.result == "callable" else _dotted(self.result)
+            raise RegistryError(f"'{path}' returned a {type(built).__name__}, not a {wanted}; a {singular(self.kind)} "
+                                f"builder must return one")  # fmt: skip
 
     def info(self, name: str) -> dict[str, Any]:
         return dict(self._info.get(self.canonical(name), {}))
@@ -154,14 +190,45 @@ def is_import_path(name: str) -> bool:
     return ":" in name or "." in name
 
 
+# Why import paths are refused right now (None: they are allowed); set by refusing_import_paths.
+_REFUSAL: ContextVar[str | None] = ContextVar("deepseek_import_path_refusal", default=None)
+
+
+@contextmanager
+def refusing_import_paths(reason: str) -> Iterator[None]:
+    """Inside, resolving any import path raises ``'<path>' is an import path; <reason>`` before anything is
+    imported; registered names still work. For configs found in a directory the user did not write:
+    ``reason`` says how to allow it (``code named by a model directory runs only with --trust-code``)."""
+    token = _REFUSAL.set(reason)
+    try:
+        yield
+    finally:
+        _REFUSAL.reset(token)
+
+
+def _is_standard_library(module_name: str) -> bool:
+    top = module_name.partition(".")[0]
+    return top in sys.stdlib_module_names or top in sys.builtin_module_names
+
+
 def import_object(path: str) -> Any:
-    """Import ``pkg.mod:Attr`` (or ``pkg.mod.Attr``) and return the attribute."""
+    """Import ``pkg.mod:Attr`` (or ``pkg.mod.Attr``) and return the attribute.
+
+    Refused before anything is imported: inside :func:`refusing_import_paths`, a standard-library or
+    built-in module, and dunder attributes (``Net.__init__.__globals__`` reaches anything).
+    """
+    if (reason := _REFUSAL.get()) is not None:
+        raise RegistryError(f"'{path}' is an import path; {reason}")
     if ":" in path:
         module_name, _, attr = path.partition(":")
     else:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
         raise RegistryError(f"'{path}' is not an import path of the form 'pkg.module:Name'")
+    if _is_standard_library(module_name):
+        raise RegistryError(f"'{path}': standard-library and built-in modules cannot provide components")
+    if dunder := next((part for part in attr.split(".") if part.startswith("__")), None):
+        raise RegistryError(f"'{path}': the attribute '{dunder}' is not allowed in an import path")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -174,14 +241,25 @@ def import_object(path: str) -> Any:
     return obj
 
 
-models = Registry("models")
-datasets = Registry("datasets")
+def _named_class(path: str) -> type:
+    """The framework's own base class named by ``path`` (``torch.nn:Module``), imported when first needed."""
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _dotted(path: str) -> str:
+    return path.replace(":", ".")
+
+
+MODULE, SCHEDULER = "torch.nn:Module", "torch.optim.lr_scheduler:LRScheduler"
+models = Registry("models", base=MODULE, result=MODULE)
+datasets = Registry("datasets", base="torch.utils.data:Dataset")
 transforms = Registry("transforms")
-optimizers = Registry("optimizers")
-schedulers = Registry("schedulers")
+optimizers = Registry("optimizers", base="torch.optim:Optimizer", result="torch.optim:Optimizer")
+schedulers = Registry("schedulers", base=SCHEDULER, result=SCHEDULER)
 callbacks = Registry("callbacks")
 metrics = Registry("metrics")
-losses = Registry("losses")
+losses = Registry("losses", base=MODULE, result="callable")
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r for r in (models, datasets, transforms, optimizers, schedulers, callbacks, metrics, losses)

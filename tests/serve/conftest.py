@@ -56,7 +56,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 180) -> ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(self.model_dir), **self.env}
-        cmd = [sys.executable, "-m", "deepseek", "serve", "--model_dir", str(self.model_dir), "--port", "0", *self.args]
+        # --trust-code: the fixture's serve.yaml names the test's own probe_model:Probe
+        cmd = [sys.executable, "-m", "deepseek", "serve", "--model_dir", str(self.model_dir), "--port", "0",
+               "--trust-code", *self.args]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -197,10 +197,10 @@ def test_a_run_directory_is_served_without_rebuilding_its_dataset(tmp_path, monk
            "data": {"name": f"{__name__}:counting_digits", "batch_size": 8}}  # fmt: skip
     write_yaml(run / "config.yaml", cfg)
     save_model(build_model(load_config(run / "config.yaml")), run / "final" / "model.safetensors")
-    first = {(m.name, m.version): m for m in discover(run)}["default", "1"]
+    first = {(m.name, m.version): m for m in discover(run, trust_code=True)}["default", "1"]  # names its dataset
     assert BUILDS["samples"] <= 1  # one sample gives the spec
     BUILDS["fail"] = True  # a restart must not need the dataset at all: its spec is saved in the run
-    again = {(m.name, m.version): m for m in discover(run)}["default", "1"]
+    again = {(m.name, m.version): m for m in discover(run, trust_code=True)}["default", "1"]
     assert BUILDS["datasets"] == 1 and BUILDS["samples"] == 1
     assert again.spec.tensors == first.spec.tensors == {"input": TensorSpec([1, 8, 8], "float32")}
     assert again.labels == first.labels == [str(i) for i in range(10)]
@@ -220,6 +220,6 @@ def test_a_run_written_by_deepseek_train_is_served_without_building_its_dataset(
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--run-dir", str(run)]) == 0
     BUILDS["fail"] = True  # the very first start of the server must not need the dataset
-    (m,) = [m for m in discover(run) if (m.name, m.version) == ("default", "1")]
+    (m,) = [m for m in discover(run, trust_code=True) if (m.name, m.version) == ("default", "1")]
     assert m.spec.tensors == {"input": TensorSpec([1, 8, 8], "float32")}
     assert m.labels == [str(i) for i in range(10)]

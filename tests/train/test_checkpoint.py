@@ -106,3 +106,186 @@ def test_final_validation_that_improves_marks_the_checkpoint_already_saved_at_th
     state = torch.load(best / "state.pt", weights_only=True)
     assert state["best"]["checkpoint"] == "step-00000004"
     assert state["best"]["best"] == trainer.best.best == state["last_val_metrics"]["val/loss"]
+
+
+# ------------------------------------------------------------------ damaged checkpoints fall back on resume
+class NotAllowedInStatePt:
+    """An arbitrary object: ``torch.load(weights_only=True)`` must refuse to unpickle it."""
+
+
+def _rewrite_meta(ckpt, **changes) -> None:
+    import json
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta.update(changes)
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+def _replace_file_keeping_meta_valid(ckpt, name: str, data: bytes) -> None:
+    """Replace a checkpoint file and record its true size and SHA-256, so that only loading it can fail."""
+    import hashlib
+    import json
+
+    (ckpt / name).write_bytes(data)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _damage(ckpt, how: str) -> None:
+    import struct
+
+    if how == "files_list":
+        _rewrite_meta(ckpt, files=[])
+    elif how == "files_null":
+        _rewrite_meta(ckpt, files=None)
+    elif how == "files_int_entry":
+        _rewrite_meta(ckpt, files={"model.safetensors": 5, "state.pt": 7})
+    elif how == "files_empty_truncated_state":
+        _rewrite_meta(ckpt, files={})
+        state = ckpt / "state.pt"
+        state.write_bytes(state.read_bytes()[:100])
+    elif how == "state_empty_dict":
+        _replace_file_keeping_meta_valid(ckpt, "state.pt", _torch_bytes({}))
+    elif how == "huge_safetensors_header":
+        _replace_file_keeping_meta_valid(ckpt, "model.safetensors", struct.pack("<Q", 2**62) + b"{}")
+    elif how == "pickle_payload":
+        _replace_file_keeping_meta_valid(ckpt, "state.pt", _torch_bytes({"x": NotAllowedInStatePt()}))
+    else:
+        raise AssertionError(how)
+
+
+def _linear_trainer(run_dir, max_steps: int, callbacks=()):
+    from deepseek.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    return Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), max_epochs=None, max_steps=max_steps,
+        metrics=(), run_dir=run_dir, checkpoint_every_steps=2, checkpoint_every_minutes=None, keep_last=10,
+        progress="off", tensorboard=False, callbacks=callbacks,
+    )  # fmt: skip
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 3, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(3)]
+
+
+class _StartStep:
+    """Records the step a fit() starts from (after any resume)."""
+
+    def on_train_start(self, trainer) -> None:
+        self.step = trainer.global_step
+
+
+DAMAGES = [
+    "files_list", "files_null", "files_int_entry", "files_empty_truncated_state",
+    "state_empty_dict", "huge_safetensors_header", "pickle_payload",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_resume_skips_a_damaged_newest_checkpoint_and_matches_an_uninterrupted_run(tmp_path, how):
+    straight = _linear_trainer(tmp_path / "straight", max_steps=6)
+    straight.fit(_batches())
+
+    first = _linear_trainer(tmp_path / "run", max_steps=4)  # checkpoints at steps 2 and 4
+    first.fit(_batches())
+    ckpts = CheckpointManager(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in ckpts.checkpoints()] == ["step-00000002", "step-00000004"]
+    _damage(ckpts.checkpoints()[-1], how)
+
+    start = _StartStep()
+    resumed = _linear_trainer(tmp_path / "run", max_steps=6, callbacks=[start])
+    with pytest.warns(UserWarning, match="skipping checkpoint .*step-00000004"):
+        resumed.fit(_batches(), resume="auto")
+    assert start.step == 2
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+# ------------------------------------------------------------------ disk full, atomic final weights
+def _enospc_after(limit: int):
+    """A stand-in for ``torch.save`` whose file runs out of space after ``limit`` bytes."""
+    import errno
+    import io
+
+    real_save = torch.save
+
+    class FullDisk(io.RawIOBase):
+        def __init__(self, f) -> None:
+            self.f, self.written = f, 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            if self.written + len(b) > limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(b)
+            return self.f.write(b)
+
+    def save(obj, f, *args, **kwargs):
+        return real_save(obj, FullDisk(f), *args, **kwargs)
+
+    return save
+
+
+def test_disk_full_during_a_checkpoint_says_so_removes_the_partial_one_and_resume_works(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    _linear_trainer(run_dir, max_steps=2).fit(_batches())  # step-00000002
+    monkeypatch.setattr(torch, "save", _enospc_after(300))  # the state of step 4 does not fit
+    with pytest.raises(OSError) as caught:
+        _linear_trainer(run_dir, max_steps=4).fit(_batches(), resume="auto")
+    message = str(caught.value)
+    assert "disk full" in message and "No space left on device" in message and "\n" not in message, message
+    from deepseek.train.checkpoint import DiskFullError
+
+    assert isinstance(caught.value, DiskFullError)
+    ckpt_dir = run_dir / "checkpoints"
+    assert not list(ckpt_dir.glob(".tmp-step-*"))
+    assert [p.name for p in CheckpointManager(ckpt_dir).checkpoints()] == ["step-00000002"]
+    verify(ckpt_dir / "step-00000002")
+    monkeypatch.undo()  # space freed: the same resume now runs to the end
+    resumed = _linear_trainer(run_dir, max_steps=4)
+    resumed.fit(_batches(), resume="auto")
+    assert resumed.global_step == 4 and (ckpt_dir / "step-00000004").is_dir()
+
+
+def test_final_weights_are_written_atomically(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    import deepseek.train.checkpoint as checkpoint
+
+    run_dir = tmp_path / "run"
+    _linear_trainer(run_dir, max_steps=2).fit(_batches())
+    final = run_dir / "final" / "model.safetensors"
+    before = final.read_bytes()
+    real_save_model = checkpoint.save_model
+
+    def full_disk(model, filename, *args, **kwargs):
+        real_save_model(model, filename, *args, **kwargs)
+        if Path(filename).parent.name != "final":  # the checkpoints still fit
+            return
+        with open(filename, "r+b") as f:  # what a write cut off by a full disk leaves
+            f.truncate(20)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_model", full_disk)
+    trainer = _linear_trainer(run_dir, max_steps=4)
+    trainer.ckpt_every_steps = None  # only the final weights are written
+    with pytest.raises(OSError, match="No space left"):
+        trainer.fit(_batches(), resume="auto")
+    assert (run_dir / "checkpoints" / "step-00000004").is_dir()  # the failure came at the final weights
+    assert final.read_bytes() == before
+    assert sorted(p.name for p in final.parent.iterdir()) == ["model.safetensors"]

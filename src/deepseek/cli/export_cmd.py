@@ -3,7 +3,8 @@
 The run's ``config.yaml`` (found beside or above CKPT, or given with ``--config``) rebuilds the
 model; a validation batch from its data is the sample input, and the export is checked against
 torch on it (and on a smaller batch with ``--dynamic-batch``). Exit code 1 when the largest
-difference is above ``--atol``.
+difference is above ``--atol``. A ``config.yaml`` found beside CKPT came with the run: code it names
+by import path is imported only with ``--trust-code`` (a ``--config`` the user gives may name any).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _sample(cfg: Any) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
+    from deepseek.config.trust import directory_code, load_directory_config
     from deepseek.export import (
         TensorInputs,
         export_onnx,
@@ -51,9 +53,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise UsageError(f"'{ckpt}': no such checkpoint, run directory or weights file")
-    cfg = load_config(args.config or find_config(ckpt), args.overrides)
-    model = load_trained_weights(build_model(cfg), ckpt).eval()
-    inputs = _sample(cfg)
+    trusted = bool(args.config) or args.trust_code  # the user's own --config, or the operator trusts the run's
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = load_directory_config(find_config(ckpt), args.overrides, trust_code=trusted)
+    with directory_code(trusted):  # the model and the dataset of the sample batch
+        model = load_trained_weights(build_model(cfg), ckpt).eval()
+        inputs = _sample(cfg)
     if isinstance(inputs, dict):  # e.g. MiniLM's {"input_ids", "attention_mask"}
         names = list(inputs)
         model, tensors = TensorInputs(model, names).eval(), tuple(inputs[n] for n in names)
@@ -109,6 +116,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("checkpoint", help="a checkpoint, a run directory, its final/ directory or a .safetensors file")
     p.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
     p.add_argument("--config", help="the run's config (default: config.yaml beside or above CKPT)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="import code (module:Class) named by the config.yaml found beside CKPT")  # fmt: skip
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (checked on a second one)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--out", help="output file (default: model.onnx / model.pt2 beside the checkpoint)")

@@ -7,6 +7,7 @@ problem to stderr and exits with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deepseek.cli import compress_cmd, export_cmd, serve_cmd
+from deepseek.cli import run_dir as run_dirs
 from deepseek.cli.errors import UsageError
 
 BUNDLED_CONFIG = "quickstart.yaml"
@@ -40,11 +42,6 @@ def _new_run_dir(model_name: str) -> Path:
     return Path("runs") / f"{stamp}-{safe}"
 
 
-def _latest_run_dir() -> Path | None:
-    runs = [p for p in Path("runs").glob("*/checkpoints") if p.is_dir()]
-    return max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
-
-
 def _check_run_dir(args: argparse.Namespace, run_dir: str | Path) -> None:
     """A new run must not mix with an earlier one in the same directory (``--resume auto`` would pick
     up its checkpoints): checked before anything, even config.yaml, is written there."""
@@ -60,21 +57,54 @@ def _check_run_dir(args: argparse.Namespace, run_dir: str | Path) -> None:
         )
 
 
+def _resolved(cfg: Any) -> dict[str, Any]:
+    """The config as its run directory's config.yaml holds it (a YAML round trip)."""
+    import yaml
+
+    return yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _choose_run_dir(args: argparse.Namespace, cfg: Any) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    if args.resume == "auto":
+        return run_dirs.pick_latest_run(Path("runs"), _resolved(cfg)["model"])
+    return _new_run_dir(cfg.model.name)
+
+
+def _prepare(args: argparse.Namespace, cfg: Any, run_dir: Path) -> dict[str, tuple[Any, Any]] | None:
+    """Everything checked before a run writes anything: a usable run directory, no earlier run mixed in,
+    no second writer (the main process takes the run directory's lock), a resumable config. Returns,
+    when resuming a run with a saved config, the allowed config changes."""
+    from deepseek.train.run_lock import lock_run_dir
+
+    run_dirs.prepare_run_dir(run_dir)
+    if os.environ.get("RANK", "0") == "0":
+        lock_run_dir(run_dir)  # held until this process ends (the kernel drops it even on kill -9)
+    _check_run_dir(args, run_dir)
+    if not args.resume:
+        return None
+    saved, changes = run_dirs.check_resume_config(run_dirs.resume_sources(run_dir, args.resume), _resolved(cfg))
+    return changes if saved is not None and saved.parent.resolve() == run_dir.resolve() else None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
     from deepseek.train.build import build_run
-    from deepseek.train.distributed import shutdown_distributed
+    from deepseek.train.distributed import die_with_torchrun_agent, shutdown_distributed
 
+    die_with_torchrun_agent()  # a killed `deepseek launch` must not leave ranks training as orphans
     path, overrides = _config_and_overrides(args)
     cfg = load_config(path, overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else None
-    if run_dir is None and args.resume == "auto":
-        run_dir = _latest_run_dir()
-        if run_dir is None:
-            raise UsageError("--resume auto without --run-dir found no run under runs/ with checkpoints")
-    run_dir = run_dir or _new_run_dir(cfg.model.name)
-    _check_run_dir(args, run_dir)
-    run = build_run(cfg, run_dir, progress=args.progress)
+    run_dir = _choose_run_dir(args, cfg)
+    with run_dirs.removed_if_unused_on_error(run_dir, main=os.environ.get("RANK", "0") == "0"):
+        changes = _prepare(args, cfg, run_dir)
+        # a resumed run keeps its config.yaml; allowed changes are saved beside it as the next version
+        run = build_run(cfg, run_dir, progress=args.progress, save_config=changes is None)
+    if changes and os.environ.get("RANK", "0") == "0":
+        version = run_dirs.record_config_version(run_dir, _resolved(cfg))
+        print(f"warning: resuming with changed settings: {run_dirs.describe_changes(changes)} (saved as "
+              f"{version}; config.yaml keeps the original)", file=sys.stderr, flush=True)  # fmt: skip
     if run.trainer.run_dir is not None and os.environ.get("RANK", "0") == "0":
         print(f"run directory: {run_dir}", flush=True)
     try:
@@ -179,10 +209,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     path, overrides = _config_and_overrides(args)
     from deepseek.config import load_config
+    from deepseek.train.run_lock import check_run_dir_unlocked
 
     cfg = load_config(path, overrides)  # fail fast, before starting N processes
+    if not args.run_dir and args.resume == "auto":  # the ranks continue the run picked here
+        args.run_dir = str(run_dirs.pick_latest_run(Path("runs"), _resolved(cfg)["model"]))
     run_dir = args.run_dir or str(_new_run_dir(cfg.model.name))
-    _check_run_dir(args, run_dir)
+    with run_dirs.removed_if_unused_on_error(Path(run_dir), main=True):
+        run_dirs.prepare_run_dir(Path(run_dir))
+        check_run_dir_unlocked(run_dir)
+        _check_run_dir(args, run_dir)
+        if args.resume:
+            run_dirs.check_resume_config(run_dirs.resume_sources(Path(run_dir), args.resume), _resolved(cfg))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
     cmd += ["-m", "deepseek", "train", path, *overrides, "--run-dir", run_dir]
     if args.resume:
@@ -192,7 +230,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.progress:
         cmd += ["--progress", args.progress]
     print("launching: " + " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    from deepseek.train.distributed import die_with_parent
+
+    launcher = os.getpid()
+    # the torchrun agent dies with this process (and its ranks with it): a killed launch leaves no orphans
+    return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(launcher))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,7 +317,9 @@ def run_command(args: argparse.Namespace) -> int:
     from deepseek.errors import MissingDependency
     from deepseek.models.weights import PretrainedWeightsError
     from deepseek.registry import RegistryError
-    from deepseek.train.checkpoint import CheckpointError
+    from deepseek.train.checkpoint import CheckpointError, DiskFullError
+    from deepseek.train.run_lock import RunDirLockedError
+    from deepseek.train.step import NonFiniteLossError
 
     try:
         return args.fn(args)
@@ -288,6 +332,18 @@ def run_command(args: argparse.Namespace) -> int:
     except (UsageError, RegistryError, CheckpointError, DataPathError, MissingDependency, PretrainedWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunDirLockedError as exc:  # a second writer on one run directory
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk is the environment, not the input: exit 1, one line
+        if exc.errno != errno.ENOSPC:
+            raise
+        detail = exc if isinstance(exc, DiskFullError) else f"disk full ({exc.strerror}) writing {exc.filename}"
+        print(f"error: {detail}", file=sys.stderr)
+        return 1
+    except NonFiniteLossError as exc:  # a training failure, not a usage error: exit 1, one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

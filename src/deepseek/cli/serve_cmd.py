@@ -2,7 +2,8 @@
 
 Binds 127.0.0.1 unless ``--host`` says otherwise; ``--api-key`` (or ``DEEPSEEK_SERVE_API_KEY``)
 makes every route but the health checks and docs answer 401 without it. ``--port 0`` takes a free
-port; the ``listening on`` line says which.
+port; the ``listening on`` line says which. A model directory is data: code its ``config.yaml`` or
+``serve.yaml`` names (``my_models:Probe``) is imported only with ``--trust-code``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-job-attempts: {args.max_job_attempts} is not allowed; it must be >= 1")
     model_dir = Path(args.model_dir)
     try:
-        models = discover(model_dir)
+        models = discover(model_dir, trust_code=args.trust_code)
     except ModelDirError as exc:
         raise UsageError(str(exc)) from None
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
@@ -73,6 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_dir", "--model-dir", dest="model_dir", required=True,
                    help="a run directory, a folder of runs/.onnx/.pt2 files, or one with serve.yaml")  # fmt: skip
+    p.add_argument("--trust-code", action="store_true",
+                   help="import the Python code (module:Class import paths) that the directory's config.yaml or "
+                   "serve.yaml names: it runs with your permissions; without it only registered names load")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="default 8080; 0 picks a free port")
     p.add_argument("--api-key", default=None, help=f"require this key (or set {API_KEY_ENV})")
@@ -98,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``deepseek-serve`` command."""
     from deepseek.cli.main import run_command
 
-    sys.path.insert(0, os.getcwd())  # a serve.yaml may name the user's own model classes (module:Class)
+    sys.path.insert(0, os.getcwd())  # a trusted serve.yaml may name the user's own model classes (module:Class)
     parser = argparse.ArgumentParser(
         prog="deepseek-serve", description="Serve a model directory over HTTP: predictions, async jobs, streams."
     )

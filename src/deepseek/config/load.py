@@ -7,7 +7,9 @@ the CLI prints them and exits with code 2, never with a traceback.
 from __future__ import annotations
 
 import difflib
+import math
 import re
+import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,32 +19,46 @@ from pydantic import BaseModel, ValidationError
 
 from deepseek import registry as reg
 from deepseek.config.components import ComponentErrors, allowed_keys, validate_kwargs
-from deepseek.config.schema import Component, Config, DataSection
+from deepseek.config.safe_yaml import MAX_BYTES, MAX_DEPTH, YAMLLimitError, check_size, load_bounded
+from deepseek.config.schema import OPTIMIZER_ARG_BOUNDS, Component, Config, DataSection
+
+MAX_LINE = 400  # characters of one error line: a huge bad value is shown shortened, never whole
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+_REPR.maxlevel = 3
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?$")
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; ``problems`` holds one message per bad key."""
+    """A config that cannot be used; ``problems`` holds one message per bad key, each one line (shortened to
+    MAX_LINE characters)."""
 
     def __init__(self, problems: list[str]) -> None:
+        problems = [_one_line(p) for p in problems]
         super().__init__("\n".join(problems))
         self.problems = problems
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 insists on ``1.0e-3``)."""
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split("\n"))
+    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, without building the whole repr of a huge value."""
+    return _REPR.repr(value)
 
 
 def parse_value(text: str) -> Any:
-    """A command-line override's value, read as YAML (``64`` -> int, ``1e-3`` -> float, ``[1,2]``)."""
+    """A command-line override's value, read as YAML (``64`` -> int, ``1e-3`` -> float, ``[1,2]``).
+
+    Within the same bounds as a config file: raises ``YAMLLimitError``; other unparsable text stays a string.
+    """
     try:
-        return yaml.load(text, Loader=_Loader)
+        return load_bounded(text)
+    except YAMLLimitError:
+        raise
     except yaml.YAMLError:
         return text
 
@@ -52,7 +68,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([f"config '{path}': file not found"])
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        check_size(path.stat().st_size, "the file")  # before reading: a 50 MB file is never loaded
+        data = load_bounded(path.read_text(encoding="utf-8"))
+    except YAMLLimitError as exc:
+        raise ConfigError([f"config '{path}': {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -71,17 +90,29 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str)
     """Set ``a.b.c=value`` overrides into ``data`` (in place); list items by index (``callbacks.0.name``)."""
     for item in overrides:
         key, sep, text = item.partition("=")
+        if len(item) > MAX_BYTES:  # before anything else looks at it (or prints it)
+            raise ConfigError([f"{source}: override '{key[:60]}=...' is {len(item) / 1e6:.1f} MB; limited to 1 MB"])
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError([f"{source}: override '{item}' is not of the form key.path=value"])
         parts = key.split(".")
+        if len(parts) > MAX_DEPTH:
+            raise ConfigError([f"{source}: override '{key[:60]}...': key path nests {len(parts)} levels; "
+                               f"configs are limited to {MAX_DEPTH}"])  # fmt: skip
         node: Any = data
         for i, part in enumerate(parts[:-1]):
             node = _child(node, part, parts[: i + 1], item, source)
+        if not isinstance(node, (dict, list)):  # `optim.lr.x=1`: lr holds a value, not keys
+            raise ConfigError([f"{source}: override '{item}': '{'.'.join(parts[:-1])}' is a value "
+                               f"({shown(node)}), not a section with keys"])  # fmt: skip
+        try:
+            value = parse_value(text)
+        except YAMLLimitError as exc:
+            raise ConfigError([f"{source}: override {key}: {exc}"]) from None
         last = parts[-1]
         if isinstance(node, list):
-            node[_index(node, last, parts, item, source)] = parse_value(text)
+            node[_index(node, last, parts, item, source)] = value
         else:
-            node[last] = parse_value(text)
+            node[last] = value
     return data
 
 
@@ -89,7 +120,8 @@ def _child(node: Any, part: str, path: list[str], item: str, source: str) -> Any
     if isinstance(node, list):
         return node[_index(node, part, path, item, source)]
     if not isinstance(node, dict):
-        raise ConfigError([f"{source}: override '{item}': '{'.'.join(path[:-1])}' is not a section"])
+        raise ConfigError([f"{source}: override '{item}': '{'.'.join(path[:-1])}' is a value "
+                           f"({shown(node)}), not a section with keys"])  # fmt: skip
     if node.get(part) is None:
         node[part] = {}
     return node[part]
@@ -171,8 +203,15 @@ def check_components(raw: dict[str, Any], source: str) -> tuple[list[str], dict[
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             continue
         kwargs = {k: v for k, v in spec.items() if k not in reserved.get(kind, {"name"})}
+        if bad_name := _bad_name(_REGISTRY_OF[kind], spec["name"]):
+            problems.append(f"{source}: {prefix}.name: {bad_name}")
+            continue
         try:
             checked[prefix] = validate_kwargs(_REGISTRY_OF[kind], spec["name"], kwargs)
+            found = [f"{source}: {prefix}.{p}" for p in _non_finite(checked[prefix])]
+            if kind == "optim" and not found:
+                found = [f"{source}: {prefix}{p}" for p in _check_optimizer(spec["name"], checked[prefix])]
+            problems += found
         except ComponentErrors as exc:
             for e in exc.errors:
                 path = prefix + "." + ".".join(str(p) for p in e.path)
@@ -181,9 +220,52 @@ def check_components(raw: dict[str, Any], source: str) -> tuple[list[str], dict[
                 elif e.kind == "extra_forbidden":
                     problems.append(f"{source}: {_unknown_key(path, str(e.path[-1]), e.allowed or exc.allowed)}")
                 else:
-                    problems.append(f"{source}: {path}: {e.message} (got {e.value!r})")
+                    problems.append(f"{source}: {path}: {e.message} (got {shown(e.value)})")
     problems += _check_transforms(raw, source)
     return problems, checked
+
+
+def _bad_name(registry: reg.Registry, name: str) -> str | None:
+    """Why ``name`` can be neither a registered name nor an import path (``../../etc/passwd``), or None."""
+    if len(name) > 200:
+        return f"a name of {len(name)} characters ({shown(name)}); names and import paths are shorter than 200"
+    if reg.is_import_path(name) and name not in registry and not _IMPORT_PATH.match(name):
+        return (f"{shown(name)} is neither a registered name nor an import path; allowed: a name from "
+                f"`deepseek list {registry.kind}`, or an import path such as 'my_pkg.module:Name'")  # fmt: skip
+    return None
+
+
+def _non_finite(value: Any, path: str = "") -> list[str]:
+    """``key: must be a finite number (got inf)`` for each inf/nan float in builder arguments (``1e400`` too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: must be a finite number (got {value!r})"]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    found = []
+    for key, item in items:
+        found += _non_finite(item, f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path
+                             else str(key))  # fmt: skip
+    return found
+
+
+def _check_optimizer(name: str, kwargs: dict[str, Any]) -> list[str]:
+    """Bounds torch checks only when the optimizer is built (``betas``, ``eps``, ...), checked now: first the
+    known keys with their allowed range, then a build over one dummy parameter for the optimizer's own checks."""
+    import torch
+
+    problems = []
+    for key, (ok, allowed) in OPTIMIZER_ARG_BOUNDS.items():
+        if key in kwargs and not ok(kwargs[key]):
+            problems.append(f".{key}: {allowed} (got {shown(kwargs[key])})")
+    if problems:
+        return problems
+    try:
+        reg.optimizers.build(name, [torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except ValueError as exc:  # torch.optim's own argument checks
+        args = ", ".join(f"{k}={shown(v)}" for k, v in kwargs.items())
+        return [f" ({name}): the optimizer refuses its arguments ({args}): {exc}"]
+    except Exception:  # noqa: BLE001 - e.g. fused=True wants a GPU parameter: left to the real build
+        pass
+    return []
 
 
 def _check_transforms(raw: dict[str, Any], source: str) -> list[str]:
@@ -215,7 +297,7 @@ def explain_error(source: str, err: dict[str, Any], root: type[BaseModel]) -> st
         return f"{source}: {err['msg'].removeprefix('Value error, ')}"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
-    got = "" if isinstance(value, dict) else f" (got {value!r})"  # a whole section: the message says it
+    got = "" if isinstance(value, dict) else f" (got {shown(value)})"  # a whole section: the message says it
     return f"{source}: {path}: {msg}{got}"
 
 

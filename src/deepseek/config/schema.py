@@ -21,10 +21,48 @@ from pydantic import (
 )
 
 Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "progressive"]
+NonFinite = Literal["stop", "skip", "ignore"]
+
+
+def _betas_ok(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in value)
+
+
+def _at_least_zero(value: Any) -> bool:
+    return not isinstance(value, (int, float)) or value >= 0
+
+
+# Optimizer arguments torch checks only when the optimizer is built: checked with the config instead.
+OPTIMIZER_ARG_BOUNDS: dict[str, tuple[Any, str]] = {
+    "betas": (_betas_ok, "each beta must be in [0, 1)"),
+    "eps": (_at_least_zero, "must be >= 0"),
+    "momentum": (_at_least_zero, "must be >= 0"),
+    "weight_decay": (_at_least_zero, "must be >= 0"),
+}
+
+
+def check_device(value: str) -> str:
+    """``auto``, ``cpu`` or an accelerator this machine has (``cuda``, ``cuda:1``, ``mps``); else ValueError."""
+    import torch
+
+    allowed = "allowed: auto, cpu, or an available accelerator such as cuda or cuda:0"
+    if value == "auto":
+        return value
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"not a device; {allowed}") from None
+    if dev.type == "mps":
+        available = torch.backends.mps.is_available()
+    else:
+        available = dev.type == "cpu" or getattr(getattr(torch, dev.type, None), "is_available", lambda: False)()
+    if not available:
+        raise ValueError(f"that device is not available on this machine; {allowed}")
+    return value
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Component(BaseModel):
@@ -82,6 +120,12 @@ class TrainSection(Strict):
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
+    on_nonfinite: NonFinite = "stop"  # a nan/inf loss: stop the run, skip that optimizer step, or train on
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
 
     @model_validator(mode="after")
     def _needs_a_stop(self) -> TrainSection:

@@ -3,19 +3,23 @@
 Routes (``{name}`` is a model; ``/versions/{version}`` may follow it, else its first version):
 
 - ``POST /v1/models/{name}/predict`` ``{"instances": [...], "parameters": {...}, "timeout_s": 5}``
-- ``POST /v1/models/{name}/jobs`` -> 202 ``{"id"}``; ``GET`` / ``DELETE /v1/jobs/{id}``
+- ``POST /v1/models/{name}/jobs`` -> 202 ``{"id"}`` (200: the job an earlier submission with the same
+  ``Idempotency-Key`` header made); ``GET`` / ``DELETE /v1/jobs/{id}``. Jobs run at least once: one
+  running when the server died runs again (``attempts`` in the GET answer counts its runs)
 - ``POST /v1/models/{name}/stream`` -> ``text/event-stream``: a decoder's tokens, or one result per instance
-- ``GET /v1/models``, ``/v1/models/{name}``, ``/healthz``, ``/readyz``, ``/metrics``, ``/docs``
+- ``GET /v1/models``, ``/v1/models/{name}``, ``/healthz``, ``/readyz``, ``/metrics``, ``/docs``, ``/redoc``
 
-Status codes: 422 spec violation, 413 body too large, 429 queue full (Retry-After), 504 over the
-time budget, 500 the model raised (that request only), 401 API key, 404 unknown model or job,
-503 still warming up.
+Status codes: 422 spec violation (NaN or Infinity anywhere included), 413 body too large, 429 queue full
+(Retry-After), 504 over the time budget, 500 the model raised (that request only), 401 API key, 404 unknown
+model or job, 409 job already final or Idempotency-Key reused, 503 still warming up; every one is in the
+OpenAPI document (:mod:`deepseek.serve.docs`) with the body ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -23,15 +27,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepseek.serve.batching import Batcher, QueueFull
+from deepseek.serve.docs import (
+    STREAM_OK,
+    JobAccepted,
+    JobView,
+    PredictRequest,
+    add_offline_docs,
+    allowed_methods,
+    errors,
+)
 from deepseek.serve.guard import Guard
-from deepseek.serve.jobs import FINAL, JobStore
+from deepseek.serve.jobs import FINAL, IdempotencyConflict, JobStore
 from deepseek.serve.metrics import ServeMetrics
 from deepseek.serve.model import ServedModel
 from deepseek.serve.spec import SpecError
@@ -50,14 +62,7 @@ class ServeSettings:
     jobs_db: str | Path = "deepseek-serve-jobs.sqlite"
     job_workers: int = 4
     max_queued_jobs: int = 10_000
-    max_job_attempts: int = 3  # a job that crashed the server this many times fails instead of re-running
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    instances: list[Any] = Field(description="one entry per sample: a nested list, an object of them, or a string")
-    parameters: dict[str, Any] = Field(default_factory=dict, description="decoders: max_new_tokens, temperature, top_k")
-    timeout_s: float | None = Field(None, gt=0, le=3600, description="time budget of this request (504 past it)")
+    max_job_attempts: int = 3  # a job that crashed the server this many times running alone fails
 
 
 class HTTPProblem(Exception):
@@ -79,6 +84,7 @@ class Server:
         self.store: JobStore | None = None
         self.wake = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
+        self.stopping = False
 
     def lookup(self, name: str, version: str | None) -> tuple[ServedModel, Batcher]:
         if name not in self.models:
@@ -128,6 +134,10 @@ class Server:
         self.tasks += [loop.create_task(self._job_worker()) for _ in range(self.settings.job_workers)]
 
     async def stop(self) -> None:
+        # Python 3.11's wait_for can swallow a cancel that lands as its wait ends (a wake or its timeout):
+        # the job workers also check this flag, or one of them could loop on and stop() never return
+        self.stopping = True
+        self.wake.set()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -142,13 +152,16 @@ class Server:
         return await asyncio.to_thread(getattr(self.store, method), *args, **kwargs)
 
     async def infer(
-        self, m: ServedModel, batcher: Batcher, samples: list, params: dict, timeout_s: float | None
-    ) -> list:
+        self, m: ServedModel, batcher: Batcher, samples: list, params: dict, timeout_s: float | None,
+        alone: bool = False,
+    ) -> list:  # fmt: skip
+        """One result per sample, from a shared batch (``alone``: a forward pass of their own)."""
         timeout = timeout_s or m.settings.get("timeout_s") or self.settings.timeout_s
         gauge = self.metrics.queue_depth.labels(m.name)
         gauge.set(batcher.queued + len(samples))
         try:
-            return await asyncio.wait_for(batcher.submit(samples, params), timeout)
+            run = batcher.run_alone(functools.partial(m.run, samples, params)) if alone else batcher.submit(samples, params)
+            return await asyncio.wait_for(run, timeout)
         except QueueFull as exc:
             raise HTTPProblem(429, str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
         except TimeoutError:
@@ -161,7 +174,7 @@ class Server:
 
     async def _job_worker(self) -> None:
         assert self.store is not None
-        while True:
+        while not self.stopping:
             job = await self.db("claim")
             await self.update_job_gauge()
             if job is None:
@@ -175,7 +188,7 @@ class Server:
                 samples, params = m.parse(req["instances"], req.get("parameters"))
                 while True:
                     try:
-                        result = await self.infer(m, batcher, samples, params, req.get("timeout_s"))
+                        result = await self.infer(m, batcher, samples, params, req.get("timeout_s"), job["isolate"])
                         break
                     except HTTPProblem as exc:  # a full queue delays a job; it does not fail it
                         if exc.status != 429 or (await self.db("get", job["id"]))["status"] == "cancelled":
@@ -189,6 +202,7 @@ class Server:
             except Exception as exc:  # a bad stored request must not stop the worker
                 log.exception("job %s failed", job["id"])
                 await self.db("finish", job["id"], error=f"500: {type(exc).__name__}: {exc}")
+            self.wake.set()  # a job that must run alone may be waiting for this one to end
 
     async def update_job_gauge(self) -> None:
         if self.store is not None:
@@ -208,9 +222,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         yield
         await server.stop()
 
-    app = FastAPI(title="deepseek-serve", version="1", lifespan=lifespan,
+    app = FastAPI(title="deepseek-serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Models of a deepseek model directory: sync, async jobs and streaming.")  # fmt: skip
     app.state.server = server
+    add_offline_docs(app)
 
     @app.exception_handler(HTTPProblem)
     async def problem(request: Request, exc: HTTPProblem) -> JSONResponse:
@@ -218,7 +233,14 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+        cause = exc.__cause__
+        if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):  # FastAPI's "error parsing the body"
+            message = f"the request body is not UTF-8 JSON: {cause.reason} at byte {cause.start}"
+            return JSONResponse({"error": message}, 422)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=headers)
 
     @app.exception_handler(SpecError)
     async def spec_error(request: Request, exc: SpecError) -> JSONResponse:
@@ -228,15 +250,15 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         hint = 'expected JSON like {"instances": [...], "parameters": {}, "timeout_s": 5}'
-        return JSONResponse(
-            {"error": "; ".join(parts) + f" ({hint})", "detail": json.loads(json.dumps(exc.errors(), default=str))}, 422
-        )
+        # the errors echo the input: NaN/Infinity in it become strings, or the 422 itself could not be encoded
+        detail = json.loads(json.dumps(exc.errors(), default=str), parse_constant=str)
+        return JSONResponse({"error": "; ".join(parts) + f" ({hint})", "detail": detail}, 422)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "warming up, or a warm-up failed"}})
     async def readyz() -> JSONResponse:
         ok = server.ready and not server.warm_up_errors
         body: dict[str, Any] = {"ready": ok}
@@ -244,48 +266,71 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             body["warm_up_errors"] = server.warm_up_errors
         return JSONResponse(body, 200 if ok else 503)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"},
+                        **errors(401)})  # fmt: skip
     async def prometheus() -> PlainTextResponse:
         await server.update_job_gauge()
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models", tags=["models"])
+    @app.get("/v1/models", tags=["models"], responses=errors(401))
     async def list_models() -> dict[str, Any]:
         return {"models": [m.describe() for versions in server.models.values() for m in versions.values()]}
 
-    @app.get("/v1/models/{name}", tags=["models"])
+    @app.get("/v1/models/{name}", tags=["models"], responses=errors(401, 404, 422))
     async def describe(name: str) -> dict[str, Any]:
         if name not in server.models:
             raise HTTPProblem(404, f"no model '{name}'; served: {', '.join(sorted(server.models))}")
         return {"name": name, "versions": [m.describe() for m in server.models[name].values()]}
 
-    @app.post("/v1/models/{name}/predict", tags=["inference"])
-    @app.post("/v1/models/{name}/versions/{version}/predict", tags=["inference"])
+    sync_errors = errors(401, 404, 413, 422, 429, 500, 503, 504)
+
+    @app.post("/v1/models/{name}/predict", tags=["inference"], responses=sync_errors)
+    @app.post("/v1/models/{name}/versions/{version}/predict", tags=["inference"], responses=sync_errors)
     async def predict(name: str, body: PredictRequest, version: str | None = None) -> dict[str, Any]:
         m, batcher = server.lookup(name, version)
         samples, params = m.parse(body.instances, body.parameters)
         results = await server.infer(m, batcher, samples, params, body.timeout_s)
         return {"model": name, "version": m.version, "predictions": results}
 
-    @app.post("/v1/models/{name}/jobs", status_code=202, tags=["jobs"])
-    @app.post("/v1/models/{name}/versions/{version}/jobs", status_code=202, tags=["jobs"])
-    async def submit_job(name: str, body: PredictRequest, version: str | None = None) -> JSONResponse:
+    job_errors = {200: {"model": JobAccepted, "description": "the job of an earlier submission with this Idempotency-Key"},
+                  **errors(401, 404, 409, 413, 422, 429, 503)}  # fmt: skip
+
+    @app.post("/v1/models/{name}/jobs", status_code=202, tags=["jobs"], response_model=JobAccepted, responses=job_errors)
+    @app.post("/v1/models/{name}/versions/{version}/jobs", status_code=202, tags=["jobs"], response_model=JobAccepted,
+              responses=job_errors)  # fmt: skip
+    async def submit_job(
+        name: str, body: PredictRequest, version: str | None = None,
+        idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=200,
+                                             description="the same key on a retry returns the same job (200)"),
+    ) -> JSONResponse:  # fmt: skip
         m, _ = server.lookup(name, version)
         m.parse(body.instances, body.parameters)  # a bad request is refused now, not failed later
-        if (await server.db("counts"))["queued"] >= settings.max_queued_jobs:
-            raise HTTPProblem(429, f"{settings.max_queued_jobs} jobs are queued already", {"Retry-After": "5"})
-        job_id = await server.db("submit", name, m.version, body.model_dump())  # on disk before the 202
+        request = body.model_dump()
+        try:  # a retry finds its job even when the queue is full; submit_once settles a race of two retries
+            job_id = idempotency_key and await server.db("find_key", name, m.version, request, idempotency_key)
+            made = not job_id
+            if made:
+                if (await server.db("counts"))["queued"] >= settings.max_queued_jobs:
+                    raise HTTPProblem(429, f"{settings.max_queued_jobs} jobs are queued already", {"Retry-After": "5"})
+                job_id, made = await server.db("submit_once", name, m.version, request, idempotency_key)  # on disk
+        except IdempotencyConflict as exc:
+            raise HTTPProblem(409, str(exc)) from None
         server.wake.set()
-        return JSONResponse({"id": job_id, "status": "queued"}, 202, headers={"Location": f"/v1/jobs/{job_id}"})
+        job = await server.db("get", job_id)
+        return JSONResponse({"id": job_id, "status": job["status"]}, 202 if made else 200,
+                            headers={"Location": f"/v1/jobs/{job_id}"})  # fmt: skip
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobView, response_model_exclude_unset=True,
+             responses=errors(401, 404, 422))  # fmt: skip
     async def get_job(job_id: str) -> dict[str, Any]:
         job = await server.db("get", job_id) if server.store else None
         if job is None:
             raise HTTPProblem(404, f"no job '{job_id}'")
         return job
 
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobView, response_model_exclude_unset=True,
+                responses=errors(401, 404, 409, 422))  # fmt: skip
     async def cancel_job(job_id: str) -> JSONResponse:
         before = await server.db("get", job_id)
         if before is None:
@@ -295,8 +340,11 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         await server.db("cancel", job_id)
         return JSONResponse(await server.db("get", job_id))
 
-    @app.post("/v1/models/{name}/stream", tags=["inference"], response_class=StreamingResponse)
-    @app.post("/v1/models/{name}/versions/{version}/stream", tags=["inference"], response_class=StreamingResponse)
+    stream_docs = {200: STREAM_OK, **errors(401, 404, 413, 422, 503)}
+
+    @app.post("/v1/models/{name}/stream", tags=["inference"], response_class=StreamingResponse, responses=stream_docs)
+    @app.post("/v1/models/{name}/versions/{version}/stream", tags=["inference"], response_class=StreamingResponse,
+              responses=stream_docs)  # fmt: skip
     async def stream(name: str, body: PredictRequest, version: str | None = None) -> StreamingResponse:
         m, batcher = server.lookup(name, version)
         samples, params = m.parse(body.instances, body.parameters)

@@ -50,9 +50,12 @@ class Client:
 
     # ------------------------------------------------------------------------------ jobs
     def submit(self, model: str, instances: list[Any], parameters: dict[str, Any] | None = None,
-               version: str | None = None) -> str:  # fmt: skip
-        """Queue a job; its id."""
-        return self._json("POST", f"{_model(model, version)}/jobs", json=_body(instances, parameters, None))["id"]
+               version: str | None = None, idempotency_key: str | None = None) -> str:  # fmt: skip
+        """Queue a job; its id. Jobs run at least once; with ``idempotency_key`` (any string of up to 200
+        characters, e.g. a uuid4) a retried submit returns the job the first one made instead of a second one."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        body = _body(instances, parameters, None)
+        return self._json("POST", f"{_model(model, version)}/jobs", json=body, headers=headers)["id"]
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}")

@@ -14,7 +14,8 @@ from typing import Any
 
 from deepseek.serve.metrics import ServeMetrics
 
-OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect")
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+OPEN_PREFIXES = ("/docs/assets/",)  # the docs pages' JavaScript and CSS (deepseek.serve.docs)
 
 
 class Guard:
@@ -25,7 +26,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
+        if self.api_key and not _open(scope["path"]) and not self._authorized(scope):
             return await self._refuse(send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                                 [(b"www-authenticate", b"Bearer")])  # fmt: skip
         if scope["method"] in ("POST", "PUT", "PATCH"):
@@ -76,6 +77,10 @@ class Guard:
         auth = _header(scope, b"authorization") or ""
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else _header(scope, b"x-api-key")
         return key is not None and hmac.compare_digest(key.encode(), self.api_key.encode())  # type: ignore[union-attr]
+
+
+def _open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _header(scope: dict, name: bytes) -> str | None:

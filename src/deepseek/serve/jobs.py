@@ -1,11 +1,19 @@
 """Asynchronous jobs kept in SQLite: submit, then poll; a restarted server finishes what it accepted.
 
 A job is written (``queued``) before the 202 goes out, so an accepted job survives a ``kill -9``:
-on start the server puts jobs it was running back in the queue, unless they already crashed the
-server ``max_attempts`` times: those fail with that reason instead of crashing it forever. The store
-cannot tell which of several running jobs killed the server, so each crash counts against every job
-running at the time (a job waiting in a batcher queue behind the culprit included). States: ``queued -> running ->
-succeeded | failed``, or ``cancelled`` (DELETE; a running job's result is then thrown away).
+on start the server puts jobs it was running back in the queue. Jobs are therefore **at least once**: a
+job running when the server died runs again (``attempts`` counts its runs). A client that retries a
+submission sends the same ``Idempotency-Key``; the store keeps one job per key (a unique index), so the
+retry gets the job it already made instead of a second one.
+
+The retry cap is fair to the innocent: the store cannot tell which of several jobs running together
+(in one batch, or queued behind the culprit) killed the server, so a job interrupted while running with
+others is not charged; it is marked ``isolate`` and from then on runs alone: no other job is claimed
+while it runs, and the server runs it in a forward pass of its own (``Batcher.run_alone``), never
+batched with other requests. Only a crash during such an isolated run counts (``crashes``); a job that
+crashed the server ``max_attempts`` times alone fails with that reason instead of crashing it forever.
+States: ``queued -> running -> succeeded | failed``, or ``cancelled`` (DELETE; a running job's result is
+then thrown away).
 SQLite in WAL mode with one short transaction per change: a crash never leaves a half-written row.
 Every write waits for an fsync (``synchronous=FULL``), so the server calls the store from worker threads
 (``asyncio.to_thread``), never from its event loop; one lock serialises them on the one connection.
@@ -30,10 +38,22 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT, status TEXT NOT NULL,
     request TEXT NOT NULL, result TEXT, error TEXT,
-    created REAL NOT NULL, started REAL, finished REAL, attempts INTEGER NOT NULL DEFAULT 0
+    created REAL NOT NULL, started REAL, finished REAL, attempts INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT, isolate INTEGER NOT NULL DEFAULT 0, crashes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
 """
+# columns added after the first release: a store opened on an older file gains them (NULL / 0)
+ADDED_COLUMNS = {
+    "idempotency_key": "TEXT",
+    "isolate": "INTEGER NOT NULL DEFAULT 0",
+    "crashes": "INTEGER NOT NULL DEFAULT 0",
+}
+KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key)"  # NULLs are distinct
+
+
+class IdempotencyConflict(ValueError):
+    """An ``Idempotency-Key`` already names a job made from a different request (answered with 409)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +81,11 @@ class JobStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # an accepted job is on disk before the 202
         self.db.executescript(SCHEMA)
+        have = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for column, decl in ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
+        self.db.execute(KEY_INDEX)
 
     @_locked
     def close(self) -> None:
@@ -68,45 +93,85 @@ class JobStore:
 
     @_locked
     def recover(self, max_attempts: int = 3, per_model: dict[str, int] | None = None) -> tuple[int, int]:
-        """Jobs a killed server was running go back in the queue, or fail once they were tried
-        ``max_attempts`` times (``per_model`` overrides it by model name); returns (re-queued, failed)."""
+        """Jobs a killed server was running go back in the queue, to run alone from now on; one that was
+        running alone is charged the crash, and fails once charged ``max_attempts`` times (``per_model``
+        overrides it by model name). Returns (re-queued, failed)."""
         per_model = per_model or {}
         requeued = failed = 0
-        for row in self.db.execute("SELECT id, model, attempts FROM jobs WHERE status='running'").fetchall():
+        rows = self.db.execute("SELECT id, model, isolate, crashes FROM jobs WHERE status='running'").fetchall()
+        for row in rows:
+            crashes = row["crashes"] + 1 if row["isolate"] else row["crashes"]  # ran alone: the crash is its own
             cap = per_model.get(row["model"], max_attempts)
-            if row["attempts"] >= cap:
-                error = f"500: the job crashed the server {row['attempts']} times (max_job_attempts {cap}); not retried"
+            if crashes >= cap:
+                error = f"500: the job crashed the server {crashes} times (max_job_attempts {cap}); not retried"
                 self.db.execute(
-                    "UPDATE jobs SET status='failed', error=?, finished=? WHERE id=? AND status='running'",
-                    (error, time.time(), row["id"]),
+                    "UPDATE jobs SET status='failed', error=?, finished=?, crashes=? WHERE id=? AND status='running'",
+                    (error, time.time(), crashes, row["id"]),
                 )
                 failed += 1
             else:
-                self.db.execute("UPDATE jobs SET status='queued', started=NULL WHERE id=? AND status='running'",
-                                (row["id"],))  # fmt: skip
+                self.db.execute("UPDATE jobs SET status='queued', started=NULL, isolate=1, crashes=? "
+                                "WHERE id=? AND status='running'", (crashes, row["id"]))  # fmt: skip
                 requeued += 1
         return requeued, failed
 
     @_locked
     def submit(self, model: str, version: str | None, request: dict[str, Any]) -> str:
+        """A new queued job's id."""
+        return self.submit_once(model, version, request, None)[0]
+
+    @_locked
+    def submit_once(
+        self, model: str, version: str | None, request: dict[str, Any], key: str | None
+    ) -> tuple[str, bool]:
+        """The job of ``key``, made now unless it exists (always, without a key): (id, made now).
+        :class:`IdempotencyConflict` when ``key`` names a job of another model, version or request."""
+        job_id = None if key is None else self.find_key(model, version, request, key)
+        if job_id is not None:
+            return job_id, False
         job_id = uuid.uuid4().hex
         self.db.execute(
-            "INSERT INTO jobs (id, model, version, status, request, created) VALUES (?, ?, ?, 'queued', ?, ?)",
-            (job_id, model, version, json.dumps(request), time.time()),
+            "INSERT INTO jobs (id, model, version, status, request, created, idempotency_key) "
+            "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+            (job_id, model, version, json.dumps(request), time.time(), key),
         )
-        return job_id
+        return job_id, True
+
+    @_locked
+    def find_key(self, model: str, version: str | None, request: dict[str, Any], key: str) -> str | None:
+        """The id of the job submitted with ``key`` (None: no such job), checked to be the same request."""
+        row = self.db.execute("SELECT id, model, version, request FROM jobs WHERE idempotency_key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        same = (row["model"], row["version"]) == (model, version) and _canonical(json.loads(row["request"])) == (
+            _canonical(request)
+        )
+        if not same:
+            raise IdempotencyConflict(f"Idempotency-Key '{key}' was used for job {row['id']} with a different "
+                                      "model, version or request body; send a new key for a new job")  # fmt: skip
+        return row["id"]
 
     @_locked
     def claim(self) -> dict[str, Any] | None:
-        """The oldest queued job, marked running (None when the queue is empty)."""
-        row = self.db.execute("SELECT id FROM jobs WHERE status='queued' ORDER BY created LIMIT 1").fetchone()
-        if row is None:
+        """The oldest queued job, marked running (None when the queue is empty, or while a job marked
+        ``isolate`` must run alone: it waits for the running jobs to finish and no job starts beside it).
+        The result has ``isolate``: run it in a forward pass of its own."""
+        running = self.db.execute(
+            "SELECT COUNT(*) AS n, COALESCE(MAX(isolate), 0) AS alone FROM jobs WHERE status='running'"
+        ).fetchone()
+        if running["alone"]:
+            return None
+        row = self.db.execute("SELECT id, isolate FROM jobs WHERE status='queued' ORDER BY created LIMIT 1").fetchone()
+        if row is None or (row["isolate"] and running["n"]):
             return None
         cur = self.db.execute(
             "UPDATE jobs SET status='running', started=?, attempts=attempts+1 WHERE id=? AND status='queued'",
             (time.time(), row["id"]),
         )
-        return self.get(row["id"], with_request=True) if cur.rowcount else None
+        if not cur.rowcount:
+            return None
+        job = self.get(row["id"], with_request=True)
+        return None if job is None else {**job, "isolate": bool(row["isolate"])}
 
     @_locked
     def finish(self, job_id: str, result: Any = None, error: str | None = None) -> bool:
@@ -133,7 +198,10 @@ class JobStore:
         row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             return None
-        out = {k: row[k] for k in ("id", "model", "version", "status", "created", "started", "finished", "attempts")}
+        keys = ("id", "model", "version", "status", "created", "started", "finished", "attempts", "crashes")
+        out = {k: row[k] for k in keys}
+        if row["idempotency_key"] is not None:
+            out["idempotency_key"] = row["idempotency_key"]
         if row["status"] == "succeeded":
             out["result"] = json.loads(row["result"])
         if row["error"] is not None:
@@ -146,3 +214,7 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
         return {s: 0 for s in STATES} | {r["status"]: r["n"] for r in rows}
+
+
+def _canonical(request: dict[str, Any]) -> str:
+    return json.dumps(request, sort_keys=True)

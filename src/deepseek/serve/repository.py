@@ -14,6 +14,10 @@ A run's input spec and label names come from ``RUN/input_spec.json``, which ``de
 from one validation sample (see :mod:`deepseek.data.sample_spec`); text pre-processing comes from the
 config's ``data.preprocess``. A run without that file (trained by an older release, or whose config was
 edited since) builds its dataset once to read one sample, and saves the file for later starts.
+
+A model directory is data, like its safetensors weights: code its ``config.yaml`` or ``serve.yaml`` names
+by import path (``my_models:Probe``) is refused unless the operator trusts it (``trust_code=True``,
+``deepseek-serve --trust-code``); see :mod:`deepseek.config.trust`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deepseek.config import ConfigError
 from deepseek.config.load import explain_error
+from deepseek.config.trust import DIRECTORY_CODE, directory_code, load_directory_config
 from deepseek.data.sample_spec import SPEC_FILE, describe_sample, read_input_spec, write_input_spec
 from deepseek.serve.model import ServedModel, text_encoder
 from deepseek.serve.spec import InputSpec, SpecError, TensorSpec, spec_from_json
@@ -71,19 +76,25 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "final" / "model.safetensors").is_file()
 
 
-def discover(model_dir: str | Path) -> list[ServedModel]:
-    """Every model in ``model_dir`` (several names may share one loaded model)."""
+def discover(model_dir: str | Path, *, trust_code: bool = False) -> list[ServedModel]:
+    """Every model in ``model_dir`` (several names may share one loaded model). Without ``trust_code`` a
+    component its configs name by import path is refused before anything is imported."""
     root = Path(model_dir)
     if not root.is_dir():
         raise ModelDirError(f"--model_dir '{root}': no such directory")
+    with directory_code(trust_code):
+        return _discover(root, trust_code)
+
+
+def _discover(root: Path, trust_code: bool) -> list[ServedModel]:
     if (root / MANIFEST).is_file():
-        return load_manifest(root / MANIFEST)
+        return load_manifest(root / MANIFEST, trust_code=trust_code)
     if is_run_dir(root):
-        return load_run_versions(root, ["default", _safe(root.resolve().name)])
+        return load_run_versions(root, ["default", _safe(root.resolve().name)], trust_code=trust_code)
     found: list[ServedModel] = []
     for child in sorted(root.iterdir()):
         if child.is_dir() and is_run_dir(child):
-            found += load_run_versions(child, [_safe(child.name)])
+            found += load_run_versions(child, [_safe(child.name)], trust_code=trust_code)
         elif child.suffix in (".onnx", ".pt2") and child.is_file():
             found.append(load_file(child, _safe(child.name.removesuffix(child.suffix)), "1"))
     if not found:
@@ -92,18 +103,22 @@ def discover(model_dir: str | Path) -> list[ServedModel]:
     return found
 
 
-def load_manifest(path: Path) -> list[ServedModel]:
+def load_manifest(path: Path, *, trust_code: bool = False) -> list[ServedModel]:
+    """The models a ``serve.yaml`` lists. It is part of its model directory: without ``trust_code`` a
+    ``model.name`` import path is refused (one line per entry, naming the key and ``--trust-code``)."""
     try:
         manifest = Manifest.model_validate(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as exc:
         raise ModelDirError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:  # one "error:" line per problem, as for training configs (exit code 2)
         raise ConfigError([explain_error(str(path), e, Manifest) for e in exc.errors()]) from None
+    if not trust_code:
+        _refuse_manifest_code(manifest, path)
     out = []
     for i, e in enumerate(manifest.models):
         where = f"{path.name}: models[{i}] ({e.name})"
         try:
-            out.append(load_entry(e, path.parent))
+            out.append(load_entry(e, path.parent, trust_code=trust_code))
         except (SpecError, FileNotFoundError, KeyError, ValueError) as exc:
             raise ModelDirError(f"{where}: {exc}") from None
     seen: set[tuple[str, str]] = set()
@@ -114,14 +129,28 @@ def load_manifest(path: Path) -> list[ServedModel]:
     return out
 
 
-def load_entry(e: Entry, root: Path) -> ServedModel:
+def _refuse_manifest_code(manifest: Manifest, path: Path) -> None:
+    """A ``model.name`` import path in an untrusted ``serve.yaml``: one ConfigError line per entry."""
+    from deepseek.registry import is_import_path
+    from deepseek.registry import models as model_registry
+
+    problems = []
+    for i, e in enumerate(manifest.models):
+        name = (e.model or {}).get("name")
+        if isinstance(name, str) and is_import_path(name) and name not in model_registry:
+            problems.append(f"{path}: models[{i}].model.name {name!r} is an import path; {DIRECTORY_CODE}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def load_entry(e: Entry, root: Path, *, trust_code: bool = False) -> ServedModel:
     path = (root / e.path).resolve()
     if not path.exists():
         raise FileNotFoundError(f"path '{e.path}': no such file or directory under {root}")
     if path.is_dir():
         if not is_run_dir(path):
             raise ValueError(f"path '{e.path}': a directory must be a run (config.yaml + final/model.safetensors)")
-        m = load_run(path, e.name, e.version)
+        m = load_run(path, e.name, e.version, trust_code=trust_code)
     elif path.suffix == ".safetensors":
         if not e.model or "name" not in e.model:
             raise ValueError("a .safetensors path needs `model: {name: <registered model>, ...kwargs}`")
@@ -130,11 +159,12 @@ def load_entry(e: Entry, root: Path) -> ServedModel:
         from deepseek.train.checkpoint import load_weights
 
         kwargs = {k: v for k, v in e.model.items() if k != "name"}
-        try:
-            kwargs = validate_kwargs(model_registry, e.model["name"], kwargs)
-        except ComponentErrors as exc:
-            raise ValueError("; ".join(_component_problem(p, exc.allowed) for p in exc.errors)) from None
-        module = model_registry.build(e.model["name"], **kwargs)
+        with directory_code(trust_code):  # an import path in model.name: only when the operator trusts it
+            try:
+                kwargs = validate_kwargs(model_registry, e.model["name"], kwargs)
+            except ComponentErrors as exc:
+                raise ValueError("; ".join(_component_problem(p, exc.allowed) for p in exc.errors)) from None
+            module = model_registry.build(e.model["name"], **kwargs)
         load_weights(module, path)
         decoder = callable(getattr(module, "stream", None))
         if not decoder and e.inputs is None:
@@ -158,9 +188,9 @@ def load_entry(e: Entry, root: Path) -> ServedModel:
     return m
 
 
-def load_run_versions(run_dir: Path, names: list[str]) -> list[ServedModel]:
+def load_run_versions(run_dir: Path, names: list[str], *, trust_code: bool = False) -> list[ServedModel]:
     """The run's torch model as version ``1``, and each ONNX file beside it as a version of its own."""
-    base = load_run(run_dir, names[0], "1")
+    base = load_run(run_dir, names[0], "1", trust_code=trust_code)
     variants = [base]
     for onnx in sorted(run_dir.glob("*.onnx")):
         label = _safe(onnx.name.removesuffix(".onnx").removeprefix("model.").replace("model", "onnx"))
@@ -172,12 +202,17 @@ def load_run_versions(run_dir: Path, names: list[str]) -> list[ServedModel]:
     return out
 
 
-def load_run(run_dir: Path, name: str, version: str) -> ServedModel:
-    from deepseek.config import load_config
+def load_run(run_dir: Path, name: str, version: str, *, trust_code: bool = False) -> ServedModel:
+    """The run's model; without ``trust_code`` its ``config.yaml`` may name registered components only."""
+    with directory_code(trust_code):  # the model, its dataset (no input_spec.json yet) and preprocess
+        return _load_run(run_dir, name, version, trust_code)
+
+
+def _load_run(run_dir: Path, name: str, version: str, trust_code: bool) -> ServedModel:
     from deepseek.data import Pipeline
     from deepseek.train.build import build_model, load_trained_weights
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_directory_config(run_dir / "config.yaml", trust_code=trust_code)
     module = load_trained_weights(build_model(cfg), run_dir / "final" / "model.safetensors").eval()
     if callable(getattr(module, "stream", None)):
         return ServedModel(name, version, module, _decoder_spec(module), str(run_dir))

@@ -61,8 +61,11 @@ def build_loaders(
     return train, val
 
 
-def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str | None = None) -> Run:
-    """Seed, then build model, data, optimizer, scheduler, loss, metrics, callbacks and the Trainer."""
+def build_run(
+    cfg: Config, run_dir: str | Path | None = None, *, progress: str | None = None, save_config: bool = True
+) -> Run:
+    """Seed, then build model, data, optimizer, scheduler, loss, metrics, callbacks and the Trainer;
+    with a ``run_dir`` and ``save_config``, write the resolved config to ``run_dir/config.yaml``."""
     t = cfg.train
     seed_everything(t.seed, t.deterministic)
     device = resolve_device(t.device)  # auto/cuda -> cuda:<LOCAL_RANK>: under torchrun each rank its own GPU
@@ -115,9 +118,10 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, *, progress: str |
         log_every_steps=cfg.logging.every_steps,
         tensorboard=cfg.logging.tensorboard,
         progress=progress or cfg.logging.progress,
+        on_nonfinite=t.on_nonfinite,
     )
     trainer.train_data, trainer.val_data = train_loader, val_loader
-    if run_dir is not None and dist.is_main:
+    if run_dir is not None and dist.is_main and save_config:
         save_resolved_config(cfg, run_dir)
     return Run(cfg, trainer, model, train_loader, val_loader, splits)
 

@@ -10,6 +10,7 @@ an arbitrary object. ``best.json`` names the best checkpoint, which pruning neve
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 MODEL_FILE, STATE_FILE, META_FILE, BEST_FILE = "model.safetensors", "state.pt", "meta.json", "best.json"
@@ -35,6 +37,40 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, partial or corrupt."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A sound checkpoint whose weights do not fit the model (another architecture or size)."""
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a checkpoint or the final weights; ``str()`` is one line."""
+
+    def __str__(self) -> str:
+        return self.strerror or "disk full"
+
+
+def _disk_full_cause(exc: BaseException) -> OSError | None:
+    """The ENOSPC error behind ``exc``, if any: torch.save reports one as a RuntimeError about stream
+    positions, with the OSError only in its context."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _raise_if_disk_full(exc: BaseException, what: str) -> None:
+    if (cause := _disk_full_cause(exc)) is not None:
+        detail = cause.strerror or os.strerror(errno.ENOSPC)
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"disk full ({detail}) while writing {what}; free some space, then "
+            "rerun with --resume auto (resume='auto'): the partial write was removed",
+        ) from exc
 
 
 class RunDirInUseError(FileExistsError):
@@ -65,11 +101,16 @@ def _sha256(path: Path) -> str:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a fsynced temporary file and a rename: all or nothing."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        _raise_if_disk_full(exc, str(path))
+        raise
     _fsync_dir(path.parent)
 
 
@@ -83,10 +124,34 @@ def save_weights(model: nn.Module, path: Path) -> None:
     _fsync_file(path)
 
 
+def save_weights_atomic(model: nn.Module, path: Path) -> None:
+    """:func:`save_weights` through a temporary file and a rename: ``path`` is the old file or the new
+    one, never a partial one; a full disk raises :class:`DiskFullError`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_weights(model, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        _raise_if_disk_full(exc, str(path))
+        raise
+    _fsync_dir(path.parent)
+
+
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    missing, unexpected = load_model(model, str(path), strict=False)
+    """Load a safetensors file into ``model``: an unreadable file raises :class:`CheckpointError`, weights
+    that do not fit the model :class:`CheckpointMismatchError`."""
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{Path(path).name} does not load ({exc.__class__.__name__}: {exc})") from None
+    except RuntimeError as exc:  # load_state_dict: size mismatches, one line each after a heading
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise CheckpointMismatchError(f"{path} does not fit the model: {first}{more}") from None
     if strict and (missing or unexpected):
-        raise CheckpointError(f"{path}: missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
+        raise CheckpointMismatchError(f"{path}: missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
 
 
 class CheckpointManager:
@@ -106,6 +171,18 @@ class CheckpointManager:
             return final
         tmp = self.directory / f".tmp-step-{step:08d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._write(tmp, final, step, model, state)
+        except BaseException as exc:  # a full disk, an error, Ctrl-C: no partial directory stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            _raise_if_disk_full(exc, f"checkpoint {final}")
+            raise
+        if best is not None:
+            self.mark_best(step, best)
+        self.prune()
+        return final
+
+    def _write(self, tmp: Path, final: Path, step: int, model: nn.Module, state: dict[str, Any]) -> None:
         tmp.mkdir()
         save_weights(model, tmp / MODEL_FILE)
         with open(tmp / STATE_FILE, "wb") as f:
@@ -121,10 +198,6 @@ class CheckpointManager:
         _fsync_dir(tmp)
         os.rename(tmp, final)
         _fsync_dir(self.directory)
-        if best is not None:
-            self.mark_best(step, best)
-        self.prune()
-        return final
 
     def mark_best(self, step: int, record: dict[str, Any]) -> None:
         """Record the saved checkpoint ``step`` as the best one (``record``: monitor, value, step)."""
@@ -159,6 +232,9 @@ class CheckpointManager:
             if not stale.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stale, ignore_errors=True)
 
+    def newest_first(self) -> list[Path]:
+        return list(reversed(self.checkpoints()))
+
     def latest_valid(self) -> Path | None:
         """The newest checkpoint that verifies; corrupt or partial ones are skipped with a warning."""
         for path in reversed(self.checkpoints()):
@@ -171,13 +247,24 @@ class CheckpointManager:
 
 
 def verify(path: Path) -> dict[str, Any]:
-    """Check ``meta.json`` and every file's size and SHA-256; return the metadata."""
+    """Check ``meta.json`` and the size and SHA-256 of every file it lists (which must include the
+    weights and the state); return the metadata."""
     try:
         meta = json.loads((path / META_FILE).read_text())
         files = meta["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"no readable {META_FILE} ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{META_FILE}: 'files' is {files!r}, expected a mapping of file name to size and sha256")
+    for name in (MODEL_FILE, STATE_FILE):
+        expect = files.get(name)
+        if not (
+            isinstance(expect, dict) and isinstance(expect.get("size"), int) and isinstance(expect.get("sha256"), str)
+        ):
+            raise CheckpointError(f"{META_FILE}: files[{name!r}] is {expect!r}, expected {{size: int, sha256: str}}")
     for name, expect in files.items():
+        if not isinstance(expect, dict):
+            raise CheckpointError(f"{META_FILE}: files[{name!r}] is {expect!r}, expected {{size: int, sha256: str}}")
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{name} is missing")
@@ -202,10 +289,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the training state (read with ``weights_only=True``)."""
+    """Load weights into ``model`` and return the training state (read with ``weights_only=True``).
+
+    A damaged checkpoint raises :class:`CheckpointError` (a state.pt that is no torch file, or that
+    holds objects ``weights_only`` refuses to unpickle, included); weights that do not fit ``model``
+    :class:`CheckpointMismatchError`."""
     verify(path)
     load_weights(model, path / MODEL_FILE)
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError (not a zip archive), EOFError, ...
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{STATE_FILE} does not load ({exc.__class__.__name__}: {first_line})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{STATE_FILE} holds a {type(state).__name__}, expected a dict")
+    return state
 
 
 # ------------------------------------------------------------------------------ run directories
@@ -247,6 +345,7 @@ def remove_earlier_run(run_dir: str | Path) -> None:
     files += sorted(tb_dir.glob("events.out.tfevents.*"))
     # write_text_atomic's temporary files, left behind by a kill mid-write
     files += sorted(ckpt_dir.glob(f".{BEST_FILE}.tmp-*")) + sorted(run_dir.glob(f".{SUMMARY_FILE}.tmp-*"))
+    files += sorted(final.parent.glob(f".{final.name}.tmp-*"))  # save_weights_atomic's
     for path in files:
         path.unlink(missing_ok=True)
     for directory in (ckpt_dir, tb_dir, final.parent):

@@ -7,7 +7,10 @@ Backend: ``DS_DIST_BACKEND`` if set, else nccl on CUDA and gloo on CPU. Each ran
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +42,38 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int | None = None) -> bool:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Ranks that outlived a killed ``torchrun`` agent would go on training and writing checkpoints as
+    orphans. ``parent_pid`` is the parent this process was started by (default: the current one); if
+    it is already gone, which the signal alone would miss, this process kills itself at once.
+    Returns False where the platform has no such signal (not Linux).
+    """
+    expected = os.getppid() if parent_pid is None else parent_pid
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != expected:  # the parent died before the signal was armed: we are already an orphan
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def die_with_torchrun_agent() -> None:
+    """:func:`die_with_parent` in a rank that torchrun started (``TORCHELASTIC_RUN_ID`` set); else nothing.
+
+    Only under torchrun: its agent starts each rank as a direct child, from its main thread (the
+    signal fires when the creating thread ends), and restarts ranks itself; elsewhere a parent's
+    death need not end the process."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        die_with_parent()
 
 
 def local_rank_from_env() -> int:
@@ -86,6 +121,7 @@ def init_distributed(device: torch.device) -> DistInfo:
     one made earlier) is joined as it is.
     """
     global _created_group, _groups_created
+    die_with_torchrun_agent()  # also for torchrun scripts that use the Trainer without the CLI
     local_rank = local_rank_from_env()
     if dist.is_available() and dist.is_initialized():
         backend = str(dist.get_backend())

@@ -5,11 +5,18 @@ samples in the whole window over all ranks, so 4 micro-batches of 8 give the gra
 of 32, also when the last micro-batch is short. Under DDP the gradient all-reduce runs on the final
 micro-step only (``no_sync`` before it). A window of one micro-batch on one process takes a lean
 path: this is where framework overhead per step would show.
+
+Non-finite losses: with ``on_nonfinite`` ``stop`` or ``skip`` every micro-batch's loss is checked, and a
+window with a nan/inf loss on any rank (a flag all-reduced over the ranks, so all decide alike) does not
+step the optimizer; the Trainer then stops or counts the skip. That check reads one flag per step from the
+device (a sync on GPUs); ``ignore`` keeps the step sync-free. A forward overflow that progressive precision
+answers by promoting a module is its normal start, not a failure: the loss scaler skips that step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +27,12 @@ from deepseek.train.batching import move_to, split_batch
 from deepseek.train.distributed import DistInfo, all_reduce_sum
 from deepseek.train.metrics import batch_size_of
 from deepseek.train.precision import PrecisionPolicy
+
+ON_NONFINITE = ("stop", "skip", "ignore")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became nan or inf and ``on_nonfinite`` is ``stop``; ``str()`` is one line."""
 
 
 class OptimizerStep:
@@ -45,7 +58,13 @@ class OptimizerStep:
         grad_clip_norm: float | None = None,
         scheduler: Any = None,
         ema: Any = None,
+        on_nonfinite: str = "stop",
     ) -> None:
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite: {on_nonfinite!r} is not allowed; use one of {', '.join(ON_NONFINITE)}")
+        self.on_nonfinite = on_nonfinite
+        self.nonfinite_loss: float | None = None  # the window's bad loss when the last call did not step
+        self._bad_losses = torch.zeros(())  # nan/inf micro-batch losses of the window being accumulated
         self.model, self.train_model, self.optimizer = model, train_model, optimizer
         self.loss_fn, self.step_fn = loss_fn, step_fn
         self.policy, self.dist, self.device = policy, dist, device
@@ -64,13 +83,17 @@ class OptimizerStep:
         self._reports_skips = hasattr(optimizer, "step_was_skipped")
         self.events: list[dict[str, Any]] = []
         self.skipped_steps = 0
+        self.nonfinite_steps = 0  # steps skipped for a nan/inf loss (on_nonfinite="skip")
 
     def __call__(self, window: list[Any]) -> tuple[float | torch.Tensor, int]:
         """Forward/backward every micro-batch of ``window``, then one optimizer step.
 
-        Returns the window's mean loss on this rank and its sample count.
+        Returns the window's mean loss on this rank and its sample count. When a loss was nan/inf and
+        ``on_nonfinite`` is not ``ignore``, the optimizer does not step and ``nonfinite_loss`` holds the loss.
         """
         scaler = self.policy.scaler
+        check = self.on_nonfinite != "ignore"
+        self.nonfinite_loss = None
         if len(window) == 1 and not self.dist.enabled:  # the common case, kept lean
             batch = window[0] if self._on_cpu else move_to(window[0], self.device)
             default = self.step_fn is None and type(batch) in (tuple, list) and len(batch) == 2 and not self._aux
@@ -86,11 +109,17 @@ class OptimizerStep:
             local = batch[0].shape[0] if default and isinstance(batch[0], torch.Tensor) else batch_size_of(batch)
             (self._scale_loss(loss) if self._scale_loss is not None else loss).backward()
             logged = loss.item() if self._on_cpu else loss.detach()  # .item() is free on CPU, a sync on GPUs
+            bad = check and not (math.isfinite(logged) if self._on_cpu else bool(torch.isfinite(logged).item()))
         else:
-            logged, local = self.accumulate(window)
+            logged, local = self.accumulate(window, check=check)
             logged = logged.item() if self._on_cpu else logged
+            bad = check and self._any_rank_bad()
         if self._observe is not None:
             self.events = self._observe()
+        if bad and not any(e.get("action") == "promote" for e in self.events):
+            self.nonfinite_loss = float(logged)
+            self.optimizer.zero_grad(set_to_none=True)
+            return logged, local
         if self.grad_clip_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
@@ -120,9 +149,26 @@ class OptimizerStep:
             self.ema.update_parameters(self.model)
         return logged, local
 
-    def accumulate(self, window: list[Any]) -> tuple[torch.Tensor, int]:
+    def refuse_nonfinite(self, step: int, logger: Any = None) -> int:
+        """After a call that did not step for a nan/inf loss: ``stop`` raises :class:`NonFiniteLossError` (before
+        the Trainer saves anything, so earlier checkpoints stay as they are); ``skip`` counts the step and logs a
+        warning through ``logger``. Returns the steps skipped so far."""
+        loss = self.nonfinite_loss
+        if self.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"training stopped: the loss is {loss} at step {step}; checkpoints saved before it are kept. "
+                "Lower optim.lr (or clip gradients), or set train.on_nonfinite: skip to skip such steps"
+            )
+        self.nonfinite_steps += 1
+        if logger is not None:
+            logger.message(f"warning: the loss is {loss} at step {step}: skipped that optimizer step "
+                           f"({self.nonfinite_steps} so far, train.on_nonfinite: skip)")  # fmt: skip
+        return self.nonfinite_steps
+
+    def accumulate(self, window: list[Any], check: bool = False) -> tuple[torch.Tensor, int]:
         """Backward over several micro-batches (and/or ranks), each loss weighted by its share of
-        the window's samples over all ranks; DDP all-reduces on the last micro-batch only."""
+        the window's samples over all ranks; DDP all-reduces on the last micro-batch only. With
+        ``check``, counts the micro-batches whose loss is nan/inf (see :meth:`_any_rank_bad`)."""
         sizes = [batch_size_of(b) for b in window]
         local = sum(sizes)
         total, world = float(local), self.dist.world_size
@@ -130,6 +176,7 @@ class OptimizerStep:
             total = all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=self.device), self.dist).item()
         last = len(window) - 1
         logged = torch.zeros((), device=self.device)
+        self._bad_losses = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
             if not self._on_cpu:
                 batch = move_to(batch, self.device)
@@ -141,7 +188,15 @@ class OptimizerStep:
                 scaled = loss if weight == 1.0 else loss * weight
                 (self._scale_loss(scaled) if self._scale_loss is not None else scaled).backward()
             logged += loss.detach().float() * (sizes[i] / local)
+            if check:  # every micro-batch: a later one must not hide an earlier one (no sync here)
+                self._bad_losses += ~torch.isfinite(loss.detach()).all()
         return logged, local
+
+    def _any_rank_bad(self) -> bool:
+        """Whether any rank's window had a nan/inf micro-batch loss; every rank gets the same answer (one
+        all-reduce), so all of them skip or stop together and none waits in a collective for the others."""
+        bad = self._bad_losses.reshape(1).float()
+        return bool(all_reduce_sum(bad, self.dist).item())
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         if self.step_fn is not None:

@@ -37,7 +37,7 @@ from deepseek.train.callbacks import CallbackList, EarlyStopping, Monitor
 from deepseek.train.checkpoint import (
     CheckpointManager,
     claim_run_dir,
-    save_weights,
+    save_weights_atomic,
     write_json_atomic,
 )
 from deepseek.train.distributed import DistInfo, init_distributed, leaving_own_process_group, resolve_device
@@ -45,7 +45,7 @@ from deepseek.train.evaluate import evaluate
 from deepseek.train.logger import RunLogger
 from deepseek.train.precision import PrecisionPolicy
 from deepseek.train.report import log_precision_events, run_summary, step_values
-from deepseek.train.step import OptimizerStep
+from deepseek.train.step import ON_NONFINITE, OptimizerStep
 from deepseek.train.trainer_state import TrainerState
 
 StepFn = Callable[[nn.Module, Any], Any]
@@ -87,9 +87,13 @@ class Trainer(TrainerState):
         log_every_steps: int = 50,
         tensorboard: bool = True,
         progress: str = "auto",
+        on_nonfinite: str = "stop",
     ) -> None:
         if max_epochs is None and max_steps is None:
             raise ValueError("set max_epochs or max_steps")
+        if on_nonfinite not in ON_NONFINITE:  # a nan/inf loss: stop (raise), skip the step, or ignore it
+            raise ValueError(f"on_nonfinite: {on_nonfinite!r} is not allowed; use one of {', '.join(ON_NONFINITE)}")
+        self.on_nonfinite, self.nonfinite_steps = on_nonfinite, 0
         self.model = model
         self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-3)
         self.loss_fn = loss_fn or nn.functional.cross_entropy
@@ -128,6 +132,7 @@ class Trainer(TrainerState):
     # ----------------------------------------------------------------------------------- set-up
     def _setup(self, train_data: Iterable[Any], resume: str | Path | None) -> None:
         self.dist: DistInfo = init_distributed(self.device)  # self.device is already this rank's (LOCAL_RANK)
+        self._lock_run_dir()  # one writer per run directory (the main rank); fit() gives it back
         if self.run_dir is not None and (self._overwrite or getattr(self, "_claimed_run_dir", None) != self.run_dir):
             # Before anything touches the model. A second run here would mix with the first; a second
             # fit() of this Trainer continues its own (unless it asks to overwrite).
@@ -166,7 +171,7 @@ class Trainer(TrainerState):
         self._step = OptimizerStep(
             self.model, self.train_model, self.optimizer,
             loss_fn=self.loss_fn, step_fn=self.step_fn, policy=self.policy, dist=self.dist, device=self.device,
-            grad_clip_norm=self.grad_clip_norm, scheduler=self.scheduler, ema=self.ema,
+            grad_clip_norm=self.grad_clip_norm, scheduler=self.scheduler, ema=self.ema, on_nonfinite=self.on_nonfinite,
         )  # fmt: skip
         self.logger = None
         if self.dist.is_main:
@@ -235,6 +240,7 @@ class Trainer(TrainerState):
                 return self._run(train_data, val_data, resume)
             finally:
                 self._unwrap_ddp()
+                self._unlock_run_dir()
 
     def _unwrap_ddp(self) -> None:
         """Free the DDP wrapper while its process group still lives. DDP sits in a reference cycle that
@@ -280,10 +286,12 @@ class Trainer(TrainerState):
             self.callbacks("on_epoch_start", self)
             for window, epoch_end in windows(batches, self.accumulate_grad_batches):
                 loss, samples = self._step(window)
+                if self._step.nonfinite_loss is not None:  # the optimizer did not step: stop (raise), or count it
+                    self.nonfinite_steps = self._step.refuse_nonfinite(self.global_step + 1, self.logger)
                 self.global_step += 1
                 self.batch_in_epoch += len(window)
                 self._samples += samples
-                if self.logger:
+                if self.logger and self._step.nonfinite_loss is None:
                     self._losses.append(loss)
                 self._after_step(val_data, epoch_end)
                 if self.should_stop or (self.max_steps is not None and self.global_step >= self.max_steps):
@@ -396,7 +404,7 @@ class Trainer(TrainerState):
         summary = run_summary(self)
         if self.dist.is_main and self.run_dir is not None:
             (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
-            save_weights(
+            save_weights_atomic(
                 self.ema.module if self.ema is not None else self.model, self.run_dir / "final" / "model.safetensors"
             )
             write_json_atomic(self.run_dir / "summary.json", summary)

@@ -7,11 +7,19 @@ is the only class that mixes this in, and it provides every attribute used here.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from deepseek.train import rng
-from deepseek.train.checkpoint import load_checkpoint, resolve_checkpoint
+from deepseek.train.checkpoint import (
+    META_FILE,
+    CheckpointError,
+    CheckpointManager,
+    CheckpointMismatchError,
+    load_checkpoint,
+)
+from deepseek.train.run_lock import lock_run_dir, unlock_run_dir
 
 
 class TrainerState:
@@ -67,14 +75,47 @@ class TrainerState:
         self._data_state = state.get("data")
         rng.set_rng_state(state["rng"])
 
+    def _lock_run_dir(self) -> None:
+        """On the main rank, take the run directory's lock (RunDirLockedError while another process writes it)."""
+        if self.run_dir is not None and self.dist.is_main:
+            lock_run_dir(self.run_dir)
+            self._locked_run_dir = self.run_dir
+
+    def _unlock_run_dir(self) -> None:
+        if (locked := self.__dict__.pop("_locked_run_dir", None)) is not None:
+            unlock_run_dir(locked)
+
     def _restore(self, resume: str | Path) -> Path | None:
+        """Load the checkpoint ``resume`` names: 'auto' (this run's newest that loads; None when there is
+        none), a checkpoint directory, or a run or checkpoints directory (its newest that loads). A
+        damaged checkpoint is skipped with a warning, in favour of the next older one."""
         if str(resume) == "auto":
             if self.ckpt is None:
                 raise ValueError("resume='auto' needs a run_dir")
-            path = self.ckpt.latest_valid()
-            if path is None:
-                return None
+            candidates = self.ckpt.newest_first()
+        elif (Path(resume) / META_FILE).is_file():  # one checkpoint, named by the user: that one or an error
+            path = Path(resume)
+            self._load_checkpoint(path)
+            return path
         else:
-            path = resolve_checkpoint(resume)
-        self.load_state_dict(load_checkpoint(path, self.model))
-        return path
+            candidates = CheckpointManager(Path(resume) / "checkpoints").newest_first()
+            candidates = candidates or CheckpointManager(resume).newest_first()
+        for path in candidates:
+            try:
+                self._load_checkpoint(path)
+                return path
+            except CheckpointMismatchError:  # not damage: an older checkpoint of this run would not fit either
+                raise
+            except CheckpointError as exc:
+                warnings.warn(f"skipping checkpoint {path}: {exc}", stacklevel=3)
+        if str(resume) != "auto":
+            raise CheckpointError(f"no valid checkpoint at '{resume}'")
+        return None
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Weights and state of one checkpoint; the state is checked whole before any of it is applied."""
+        state = load_checkpoint(path, self.model)
+        needed = (*self._PROGRESS, "best", "last_val_metrics", "wall_s", "rng")
+        if missing := [k for k in needed if k not in state]:
+            raise CheckpointError(f"state.pt lacks {', '.join(missing)}")
+        self.load_state_dict(state)
