@@ -250,6 +250,9 @@ def litserve_server(model_dir: str, port: int) -> None:
 
 
 def main() -> None:
+    from deepseek.compress.quiet import quiet_third_party_noise
+
+    quiet_third_party_noise()  # torchao's "Failed to load ..." lines (transformers imports it) are not results
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=256, help="requests per run at concurrency 8 and 32")
     p.add_argument("--streams", type=int, default=20, help="streams timed for the first event")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import run_cli, write_yaml
 
 FILL_DISK = """
@@ -23,6 +25,7 @@ class FillDiskAt:
 """
 
 
+@pytest.mark.slow
 def test_cli_disk_full_is_one_line_and_resume_continues(tmp_path, user_module):
     env = user_module("filldisk", FILL_DISK)
     cfg = write_yaml(

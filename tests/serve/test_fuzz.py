@@ -49,6 +49,7 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     sock.close()
 
 
+@pytest.mark.slow
 def test_every_answer_conforms_to_the_openapi_document(live_url):
     schema = schemathesis.openapi.from_url(live_url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]

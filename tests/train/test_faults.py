@@ -92,6 +92,7 @@ def _tiny_config(tmp_path: Path) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir_and_kill_9_frees_it(tmp_path):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
@@ -117,6 +118,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir_and_kill_9
         holder.wait(timeout=WAIT_S)
 
 
+@pytest.mark.slow
 def test_the_lock_is_reentrant_in_one_process_and_released_by_the_last_unlock(tmp_path):
     run_dir = tmp_path / "run"
     lock_run_dir(run_dir)

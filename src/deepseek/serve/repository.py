@@ -249,6 +249,9 @@ def load_file(path: Path, name: str, version: str) -> ServedModel:
         fixed = first if isinstance(first, int) else None
         return ServedModel(name, version, module, InputSpec(tensors), str(path), "onnxruntime", fixed_batch=fixed)
     if path.suffix == ".pt2":
+        from deepseek.compress.quiet import quiet_third_party_noise
+
+        quiet_third_party_noise()  # torchao's "Failed to load ..." lines say nothing about this server
         try:
             import torchao.quantization.pt2e  # noqa: F401  (registers the int8 ops a quantized program uses)
         except ImportError:
