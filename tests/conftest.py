@@ -11,22 +11,21 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import process_tree
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m deepseek ARGS`` in a fresh process (what a user's shell runs)."""
+    """``python -m deepseek ARGS`` in a fresh process (what a user's shell runs).
+
+    A timeout raises ``subprocess.TimeoutExpired`` after killing the whole process tree (``deepseek launch``:
+    torchrun and its ranks), and so does a test interrupted while it waits (pytest-timeout).
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "deepseek", *args],
-        cwd=cwd or REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return process_tree.run([sys.executable, "-m", "deepseek", *args], timeout, cwd=cwd or REPO, env=full_env)
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:

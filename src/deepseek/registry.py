@@ -29,6 +29,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def singular(kind: str) -> str:
     """``losses`` -> ``loss``, ``models`` -> ``model``: the kind as an error message names one entry."""
+    if kind.endswith("ies"):  # strategies -> strategy
+        return kind[:-3] + "y"
     return kind[:-2] if kind.endswith("sses") else kind.removesuffix("s")
 
 
@@ -273,3 +275,12 @@ register_scheduler = schedulers.register
 register_callback = callbacks.register
 register_metric = metrics.register
 register_loss = losses.register
+
+# How a model is distributed (deepseek.train.strategy): plain classes, no base class. Not in REGISTRIES,
+# whose kinds are the config sections `deepseek list` shows.
+strategies = Registry("strategies")
+register_strategy = strategies.register
+
+# Log sinks (``logging.sinks``): not in REGISTRIES, so ``deepseek list`` and its kinds stay as they were.
+sinks = Registry("sinks")
+register_sink = sinks.register

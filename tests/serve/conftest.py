@@ -12,12 +12,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import process_tree
 from tests.conftest import REPO, run_cli, write_yaml
 
 PROBE = '''
@@ -49,41 +52,73 @@ def digits_samples(n: int) -> tuple[list, list[int]]:
 
 
 class ServerProcess:
+    """``deepseek serve`` on a free port; a thread drains its output (stdout and stderr) for its whole life.
+
+    A pipe holds 64 KB: a server whose output nobody reads blocks in its next write. The drain keeps the
+    last ``TAIL_LINES`` lines for failure messages (``output_tail``) and notes the URL it listens on.
+    """
+
+    TAIL_LINES = 200
+
     def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.model_dir, self.args, self.env = model_dir, args, env or {}
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self._tail: deque[str] = deque(maxlen=self.TAIL_LINES)
+        self._listening = threading.Event()
+        self._drain: threading.Thread | None = None
 
     def start(self, timeout: float = 180) -> ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(self.model_dir), **self.env}
         # --trust-code: the fixture's serve.yaml names the test's own probe_model:Probe
         cmd = [sys.executable, "-m", "deepseek", "serve", "--model_dir", str(self.model_dir), "--port", "0",
                "--trust-code", *self.args]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        deadline, lines = time.monotonic() + timeout, []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                raise RuntimeError("server exited:\n" + "".join(lines))
-            lines.append(line)
-            if m := re.search(r"listening on (http://127\.0\.0\.1:\d+)", line):
-                self.url = m.group(1)
-                break
+        self.proc = process_tree.popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, errors="replace")  # fmt: skip
+        self._drain = threading.Thread(target=self._drain_output, args=(self.proc.stdout,), daemon=True)
+        self._drain.start()
+        deadline = time.monotonic() + timeout
+        # the drain sets the event on the listening line, or at EOF (the server exited)
+        if not self._listening.wait(timeout) or not self.url:
+            self.kill()
+            raise RuntimeError("server exited or never listened:\n" + self.output_tail())
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/readyz").status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
-            time.sleep(0.1)
-        raise RuntimeError("server not ready in time:\n" + "".join(lines))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)  # polling /readyz, not synchronising: the loop ends on the server's answer
+        self.kill()
+        raise RuntimeError("server not ready in time:\n" + self.output_tail())
+
+    def _drain_output(self, stream) -> None:
+        for line in stream:
+            self._tail.append(line)
+            if not self.url and (m := re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)):
+                self.url = m.group(1)
+                self._listening.set()
+        self._listening.set()  # EOF: the server is gone; start() must not wait out its timeout
+
+    def output_tail(self) -> str:
+        """The server's last ``TAIL_LINES`` lines of output (stdout and stderr interleaved)."""
+        return "".join(list(self._tail))
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """Send ``sig`` to the server; if it is still running 30 s later, kill it and what it started."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(30)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        process_tree.kill_tree(self.proc)
+        if self._drain is not None:
+            self._drain.join(30)
 
     def client(self, api_key: str | None = None):
         import deepseek as ds

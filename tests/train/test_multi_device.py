@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from deepseek.train.build import build_run
 from deepseek.train.distributed import init_distributed, resolve_device
 from deepseek.train.evaluate import evaluate
 from deepseek.train.metrics import Accuracy
+from tests import process_tree
 from tests.train.standin_accelerator import STANDIN, StandInAccelerator, nccl_like_all_reduce
 from tests.train.test_ddp import NETWORK_ERRORS
 
@@ -226,16 +226,11 @@ def test_python_fit_under_torchrun_exits_cleanly_on_both_ranks(tmp_path):
     env = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
     def launch() -> subprocess.CompletedProcess[str]:
-        # Its own session, so a timeout kills torchrun and what it started under it.
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        # a timeout kills torchrun and its ranks (which have sessions of their own)
         try:
-            out, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the workers have sessions of their own, and a watchdog
-            out, err = proc.communicate(timeout=30)
-            pytest.fail(f"torchrun hung for 120 s:\n{(out + err)[-4000:]}")
-        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+            return process_tree.run(cmd, 120, cwd=tmp_path, env={**os.environ, **env})
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"torchrun hung for 120 s:\n{((e.output or '') + (e.stderr or ''))[-4000:]}")
 
     r = launch()
     if r.returncode != 0 and any(s in r.stdout + r.stderr for s in NETWORK_ERRORS):

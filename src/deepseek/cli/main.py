@@ -7,7 +7,6 @@ problem to stderr and exits with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 
 from deepseek.cli import compress_cmd, export_cmd, serve_cmd
 from deepseek.cli import run_dir as run_dirs
+from deepseek.cli.dispatch import run_command
 from deepseek.cli.errors import UsageError
 
 BUNDLED_CONFIG = "quickstart.yaml"
@@ -133,7 +133,8 @@ def _save_input_spec(run: Any) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
-    from deepseek.train.build import evaluate, find_trained_weights
+    from deepseek.train.build import evaluate
+    from deepseek.train.run_reader import find_trained_weights
 
     cfg = load_config(args.config, args.overrides)
     if not Path(args.checkpoint).exists():
@@ -308,48 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides:
         setattr(args, target, [*getattr(args, target), *overrides])
     return run_command(args)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed command; user errors print ``error: ...`` and exit with code 2, never a traceback."""
-    from deepseek.config import ConfigError
-    from deepseek.data.folders import DataPathError
-    from deepseek.errors import MissingDependency
-    from deepseek.models.weights import PretrainedWeightsError
-    from deepseek.registry import RegistryError
-    from deepseek.train.checkpoint import CheckpointError, DiskFullError
-    from deepseek.train.run_lock import RunDirLockedError
-    from deepseek.train.step import NonFiniteLossError
-
-    try:
-        return args.fn(args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
-    # only errors about the user's own inputs; any other exception (a FileNotFoundError from inside the
-    # framework included) keeps its traceback, so real bugs stay visible
-    except (UsageError, RegistryError, CheckpointError, DataPathError, MissingDependency, PretrainedWeightsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RunDirLockedError as exc:  # a second writer on one run directory
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a full disk is the environment, not the input: exit 1, one line
-        if exc.errno != errno.ENOSPC:
-            raise
-        detail = exc if isinstance(exc, DiskFullError) else f"disk full ({exc.strerror}) writing {exc.filename}"
-        print(f"error: {detail}", file=sys.stderr)
-        return 1
-    except NonFiniteLossError as exc:  # a training failure, not a usage error: exit 1, one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `deepseek list transforms | head`: the reader left; end quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def add_parser(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``deepseek-serve`` command."""
-    from deepseek.cli.main import run_command
+    from deepseek.cli.dispatch import run_command
 
     sys.path.insert(0, os.getcwd())  # a trusted serve.yaml may name the user's own model classes (module:Class)
     parser = argparse.ArgumentParser(

@@ -18,31 +18,16 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from deepseek import registry as reg
-from deepseek.config.components import ComponentErrors, allowed_keys, validate_kwargs
+from deepseek.components import ComponentErrors, allowed_keys, validate_kwargs
 from deepseek.config.safe_yaml import MAX_BYTES, MAX_DEPTH, YAMLLimitError, check_size, load_bounded
 from deepseek.config.schema import OPTIMIZER_ARG_BOUNDS, Component, Config, DataSection
+from deepseek.errors import MAX_LINE, ConfigError  # noqa: F401  (ConfigError is defined low: data raises it too)
 
-MAX_LINE = 400  # characters of one error line: a huge bad value is shown shortened, never whole
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
 _REPR.maxlevel = 3
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?$")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; ``problems`` holds one message per bad key, each one line (shortened to
-    MAX_LINE characters)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        problems = [_one_line(p) for p in problems]
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(str(text).split("\n"))
-    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
 
 
 def shown(value: Any) -> str:
@@ -270,7 +255,7 @@ def _check_optimizer(name: str, kwargs: dict[str, Any]) -> list[str]:
 
 def _check_transforms(raw: dict[str, Any], source: str) -> list[str]:
     """Build each ``data.preprocess`` / ``data.transforms`` step once: a bad one is a config error with its path."""
-    from deepseek.data.transforms import TransformError, build_transform  # data imports config: import late
+    from deepseek.data.transforms import TransformError, build_transform  # heavy: only for configs with transforms
 
     data = raw.get("data")
     problems = []

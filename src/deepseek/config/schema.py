@@ -121,6 +121,9 @@ class TrainSection(Strict):
     seed: int = 0
     deterministic: bool = False
     on_nonfinite: NonFinite = "stop"  # a nan/inf loss: stop the run, skip that optimizer step, or train on
+    # How the model is distributed: auto (ddp on several ranks, else single_device), ddp, single_device, or a
+    # class by import path; other keys are its arguments (e.g. ddp's find_unused_parameters).
+    strategy: Component = Component(name="auto")
 
     @field_validator("device")
     @classmethod
@@ -147,6 +150,20 @@ class LoggingSection(Strict):
     every_steps: PositiveInt = 50
     tensorboard: bool = True
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
+    # Where records and the summary go: jsonl, tensorboard, console or a class by import path
+    # ({name: my_mod:Recorder, **kwargs}). null: jsonl, tensorboard (unless tensorboard: false), console.
+    sinks: Optional[list[Component]] = None
+
+    def sink_specs(self) -> list[Component] | None:
+        """The sinks to build, ``tensorboard`` applied: false removes it, true (when set) adds it; None: defaults."""
+        if self.sinks is None:
+            return None
+        is_tb = [s.name.lower() in ("tensorboard", "tb") for s in self.sinks]
+        if not self.tensorboard:
+            return [s for s, tb in zip(self.sinks, is_tb) if not tb]
+        if "tensorboard" in self.model_fields_set and not any(is_tb):
+            return [*self.sinks, Component(name="tensorboard")]
+        return list(self.sinks)
 
     @field_validator("progress", mode="before")
     @classmethod

@@ -14,9 +14,9 @@ import torch
 from annotated_types import Gt
 from torch.utils.data import Dataset, Subset
 
-from deepseek.config import ConfigError
-from deepseek.config.components import ComponentErrors, validate_kwargs
+from deepseek.components import ComponentErrors, validate_kwargs
 from deepseek.data.datasets import DatasetSplits
+from deepseek.errors import ConfigError
 from deepseek.registry import datasets, register_dataset
 
 

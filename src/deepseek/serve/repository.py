@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deepseek.config import ConfigError
 from deepseek.config.load import explain_error
-from deepseek.config.trust import DIRECTORY_CODE, directory_code, load_directory_config
+from deepseek.config.trust import DIRECTORY_CODE, directory_code
 from deepseek.data.sample_spec import SPEC_FILE, describe_sample, read_input_spec, write_input_spec
 from deepseek.serve.model import ServedModel, text_encoder
 from deepseek.serve.spec import InputSpec, SpecError, TensorSpec, spec_from_json
@@ -154,7 +154,7 @@ def load_entry(e: Entry, root: Path, *, trust_code: bool = False) -> ServedModel
     elif path.suffix == ".safetensors":
         if not e.model or "name" not in e.model:
             raise ValueError("a .safetensors path needs `model: {name: <registered model>, ...kwargs}`")
-        from deepseek.config.components import ComponentErrors, validate_kwargs
+        from deepseek.components import ComponentErrors, validate_kwargs
         from deepseek.registry import models as model_registry
         from deepseek.train.checkpoint import load_weights
 
@@ -210,10 +210,9 @@ def load_run(run_dir: Path, name: str, version: str, *, trust_code: bool = False
 
 def _load_run(run_dir: Path, name: str, version: str, trust_code: bool) -> ServedModel:
     from deepseek.data import Pipeline
-    from deepseek.train.build import build_model, load_trained_weights
+    from deepseek.train.run_reader import read_run
 
-    cfg = load_directory_config(run_dir / "config.yaml", trust_code=trust_code)
-    module = load_trained_weights(build_model(cfg), run_dir / "final" / "model.safetensors").eval()
+    cfg, module = read_run(run_dir, trust_code=trust_code)
     if callable(getattr(module, "stream", None)):
         return ServedModel(name, version, module, _decoder_spec(module), str(run_dir))
     prep = Pipeline(cfg.data.preprocess, seed=0) if cfg.data.preprocess else None

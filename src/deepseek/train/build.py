@@ -22,6 +22,8 @@ from deepseek.train.callbacks import EarlyStopping
 from deepseek.train.checkpoint import MODEL_FILE, STATE_FILE, load_weights, resolve_checkpoint, write_text_atomic
 from deepseek.train.distributed import DistInfo, init_distributed, resolve_device
 from deepseek.train.rng import seed_everything
+from deepseek.train.sinks import sink_problems
+from deepseek.train.strategy import build_strategy
 from deepseek.train.trainer import Trainer
 
 
@@ -90,6 +92,9 @@ def build_run(
                 raise ConfigError([f"scheduler ({s.name}): {err}"]) from err
 
     early = EarlyStopping(**t.early_stopping.model_dump()) if t.early_stopping is not None else None
+    sinks = cfg.logging.sink_specs()
+    if sinks is not None and (problems := sink_problems(sinks)):
+        raise ConfigError(problems)
     trainer = Trainer(
         model,
         optimizer,
@@ -117,13 +122,23 @@ def build_run(
         save_best=cfg.checkpoint.save_best,
         log_every_steps=cfg.logging.every_steps,
         tensorboard=cfg.logging.tensorboard,
+        sinks=None if sinks is None else [{"name": s.name, **s.kwargs} for s in sinks],
         progress=progress or cfg.logging.progress,
         on_nonfinite=t.on_nonfinite,
+        strategy=_strategy(cfg, dist),
     )
     trainer.train_data, trainer.val_data = train_loader, val_loader
     if run_dir is not None and dist.is_main and save_config:
         save_resolved_config(cfg, run_dir)
     return Run(cfg, trainer, model, train_loader, val_loader, splits)
+
+
+def _strategy(cfg: Config, dist: DistInfo) -> Any:
+    """``train.strategy`` built now, so that a wrong name or argument stops the run before training starts."""
+    try:
+        return build_strategy(cfg.train.strategy, dist)
+    except (reg.RegistryError, ValueError) as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 def trainer_from_config(

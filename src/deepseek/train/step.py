@@ -2,8 +2,8 @@
 
 Gradient accumulation is exact: each micro-batch's mean loss is weighted by its share of the
 samples in the whole window over all ranks, so 4 micro-batches of 8 give the gradients of one batch
-of 32, also when the last micro-batch is short. Under DDP the gradient all-reduce runs on the final
-micro-step only (``no_sync`` before it). A window of one micro-batch on one process takes a lean
+of 32, also when the last micro-batch is short. Gradients sync on the final micro-step only: the
+others run in the strategy's ``no_sync`` context (DDP's own). A window of one micro-batch on one process takes a lean
 path: this is where framework overhead per step would show.
 
 Non-finite losses: with ``on_nonfinite`` ``stop`` or ``skip`` every micro-batch's loss is checked, and a
@@ -27,6 +27,7 @@ from deepseek.train.batching import move_to, split_batch
 from deepseek.train.distributed import DistInfo, all_reduce_sum
 from deepseek.train.metrics import batch_size_of
 from deepseek.train.precision import PrecisionPolicy
+from deepseek.train.strategy import SingleDevice
 
 ON_NONFINITE = ("stop", "skip", "ignore")
 
@@ -40,8 +41,9 @@ class OptimizerStep:
 
     The loss is a Python float on CPU and a detached device scalar elsewhere (no per-step sync).
 
-    ``model`` is the bare module (clipping, EMA); ``train_model`` is what runs forward (it may be
-    the DDP wrapper of ``model``).
+    ``model`` is the bare module (clipping, EMA); ``train_model`` is what runs forward (what
+    ``strategy.setup`` wrapped ``model`` in); ``strategy`` (default: single device) gives the
+    no-sync context and gradient clipping.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class OptimizerStep:
         scheduler: Any = None,
         ema: Any = None,
         on_nonfinite: str = "stop",
+        strategy: Any = None,
     ) -> None:
         if on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite: {on_nonfinite!r} is not allowed; use one of {', '.join(ON_NONFINITE)}")
@@ -79,7 +82,11 @@ class OptimizerStep:
         self._scale_loss = scaler.scale if scaler is not None else getattr(optimizer, "scale_loss", None)
         self._observe = getattr(policy, "observe", None)
         # Looked up once, not per step: MixedPrecision clips its fp32 masters and reports its own skips.
-        self._clip = getattr(optimizer, "clip_grad_norm_", None)
+        strategy = strategy if strategy is not None else SingleDevice()
+        self._no_sync = strategy.no_sync
+        self._clip = getattr(optimizer, "clip_grad_norm_", None) or (
+            lambda max_norm: strategy.clip_grad_norm(model, max_norm)
+        )
         self._reports_skips = hasattr(optimizer, "step_was_skipped")
         self.events: list[dict[str, Any]] = []
         self.skipped_steps = 0
@@ -123,11 +130,7 @@ class OptimizerStep:
         if self.grad_clip_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
-            self.grad_norm = (
-                self._clip(self.grad_clip_norm)
-                if self._clip is not None
-                else torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-            )
+            self.grad_norm = self._clip(self.grad_clip_norm)
         skipped = False
         if scaler is not None:
             scaler.step(self.optimizer)
@@ -167,7 +170,7 @@ class OptimizerStep:
 
     def accumulate(self, window: list[Any], check: bool = False) -> tuple[torch.Tensor, int]:
         """Backward over several micro-batches (and/or ranks), each loss weighted by its share of
-        the window's samples over all ranks; DDP all-reduces on the last micro-batch only. With
+        the window's samples over all ranks; gradients sync on the last micro-batch only. With
         ``check``, counts the micro-batches whose loss is nan/inf (see :meth:`_any_rank_bad`)."""
         sizes = [batch_size_of(b) for b in window]
         local = sum(sizes)
@@ -180,7 +183,7 @@ class OptimizerStep:
         for i, batch in enumerate(window):
             if not self._on_cpu:
                 batch = move_to(batch, self.device)
-            sync = self.train_model.no_sync() if self.dist.enabled and i < last else contextlib.nullcontext()
+            sync = self._no_sync(self.train_model) if i < last else contextlib.nullcontext()
             with sync:
                 with self._autocast():
                     loss = self.loss(self.train_model, batch)

@@ -1,7 +1,8 @@
 """``ds.Trainer``: trains any ``nn.Module`` on any iterable of batches, on one process or under torchrun.
 
 Design notes (what users of other trainers complain about, and what this one does instead):
-- Gradient accumulation is exact, and DDP all-reduces on the last micro-step only (see ``step.py``).
+- Gradient accumulation is exact, and gradients sync on the last micro-step only (see ``step.py``).
+- How the model is distributed (one process, DDP, a user's own) is a strategy (``strategy.py``).
 - No hidden per-step cost: on GPUs losses stay on the device until a logging step (no per-step
   sync), hooks no callback implements cost nothing, fp32 runs without an autocast context; see
   ``benchmarks/trainer_overhead.py``.
@@ -27,7 +28,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from deepseek.jit_compile import JitFunction, jit, unjit
@@ -46,6 +46,7 @@ from deepseek.train.logger import RunLogger
 from deepseek.train.precision import PrecisionPolicy
 from deepseek.train.report import log_precision_events, run_summary, step_values
 from deepseek.train.step import ON_NONFINITE, OptimizerStep
+from deepseek.train.strategy import build_strategy
 from deepseek.train.trainer_state import TrainerState
 
 StepFn = Callable[[nn.Module, Any], Any]
@@ -86,8 +87,10 @@ class Trainer(TrainerState):
         save_best: bool = True,
         log_every_steps: int = 50,
         tensorboard: bool = True,
+        sinks: Sequence[Any] | None = None,  # log sinks (deepseek.train.sinks); None: jsonl, tensorboard, console
         progress: str = "auto",
         on_nonfinite: str = "stop",
+        strategy: Any = "auto",
     ) -> None:
         if max_epochs is None and max_steps is None:
             raise ValueError("set max_epochs or max_steps")
@@ -114,6 +117,8 @@ class Trainer(TrainerState):
             cbs.append(early_stopping)
         self.callbacks = CallbackList(cbs)
         self.device = resolve_device(device)
+        # A name, {name, **kwargs}, or a strategy object; "auto" is decided by fit() once the world is known.
+        self.strategy_arg, self.strategy = strategy, None
         self.precision_arg = precision
         if compile not in (True, False, "auto"):
             raise ValueError(f"compile must be true, false or 'auto'; got {compile!r}")
@@ -123,6 +128,7 @@ class Trainer(TrainerState):
         self.keep_last, self.save_best = keep_last, save_best
         self.best = Monitor(monitor, mode)
         self.log_every_steps, self.tensorboard, self.progress = log_every_steps, tensorboard, progress
+        self.sinks = sinks
         # Progress state (saved in checkpoints).
         self.global_step = self.epoch = self.batch_in_epoch = 0
         self.should_stop, self.stop_reason = False, ""
@@ -132,6 +138,7 @@ class Trainer(TrainerState):
     # ----------------------------------------------------------------------------------- set-up
     def _setup(self, train_data: Iterable[Any], resume: str | Path | None) -> None:
         self.dist: DistInfo = init_distributed(self.device)  # self.device is already this rank's (LOCAL_RANK)
+        self.strategy = build_strategy(self.strategy_arg, self.dist)
         self._lock_run_dir()  # one writer per run directory (the main rank); fit() gives it back
         if self.run_dir is not None and (self._overwrite or getattr(self, "_claimed_run_dir", None) != self.run_dir):
             # Before anything touches the model. A second run here would mix with the first; a second
@@ -164,14 +171,13 @@ class Trainer(TrainerState):
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.keep_last) if self.run_dir else None
         self._wall_before = 0.0
         resumed_from = self._restore(resume) if resume is not None else None
-        self.train_model: nn.Module = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.train_model: nn.Module = self.strategy.setup(self.model, self.dist, self.device)
+        self._strategy_set_up = True  # teardown() once, also when what follows fails
         self._step = OptimizerStep(
             self.model, self.train_model, self.optimizer,
             loss_fn=self.loss_fn, step_fn=self.step_fn, policy=self.policy, dist=self.dist, device=self.device,
             grad_clip_norm=self.grad_clip_norm, scheduler=self.scheduler, ema=self.ema, on_nonfinite=self.on_nonfinite,
+            strategy=self.strategy,
         )  # fmt: skip
         self.logger = None
         if self.dist.is_main:
@@ -182,6 +188,7 @@ class Trainer(TrainerState):
                 total_steps=self.total_steps,
                 progress=self.progress,
                 tensorboard=self.tensorboard,
+                sinks=self.sinks,
                 resume_step=self.global_step if resumed_from else None,
             )
             if resumed_from:
@@ -239,15 +246,20 @@ class Trainer(TrainerState):
             try:
                 return self._run(train_data, val_data, resume)
             finally:
-                self._unwrap_ddp()
+                self._teardown_strategy()
                 self._unlock_run_dir()
 
-    def _unwrap_ddp(self) -> None:
-        """Free the DDP wrapper while its process group still lives. DDP sits in a reference cycle that
-        the GC frees later, holding the GIL; if its reducer were the group's last owner by then, a gloo
-        group's destructor would wait for a worker thread that waits for the GIL: a hang."""
-        if isinstance(getattr(self, "train_model", None), DistributedDataParallel):
-            self.train_model = self._step.train_model = self.model
+    def _teardown_strategy(self) -> None:
+        """Unwrap the model and free the strategy's wrapper while the process group still lives: a wrapper
+        in a reference cycle (DDP's) that a later GC frees could otherwise hang a gloo group's destructor."""
+        if not self.__dict__.pop("_strategy_set_up", False):
+            return
+        wrapped = self.train_model
+        self.train_model = self.strategy.teardown(wrapped)  # type: ignore[union-attr]
+        if (step := self.__dict__.get("_step")) is not None:
+            step.train_model = self.train_model
+        if wrapped is not self.train_model:
+            del wrapped, step
             gc.collect()
 
     def _run(
@@ -368,7 +380,12 @@ class Trainer(TrainerState):
                 f"validate() over {info.world_size} ranks needs a process group: fit() left the one it created; "
                 "create it yourself (torch.distributed.init_process_group) before fit() to keep it afterwards"
             )
-        model = self.ema.module if getattr(self, "ema", None) is not None else self.model
+        if getattr(self, "ema", None) is not None:
+            model = self.ema.module
+        elif self.__dict__.get("_strategy_set_up"):  # during fit()
+            model = self.strategy.eval_module(self.model, self.train_model)
+        else:
+            model = self.model
         policy = getattr(self, "policy", None)
         if policy is None:  # before fit(); progressive precision has promoted nothing yet, so fp32
             precision = "fp32" if self.precision_arg == "progressive" else self.precision_arg

@@ -20,6 +20,7 @@ from deepseek.train.checkpoint import (
     load_checkpoint,
 )
 from deepseek.train.run_lock import lock_run_dir, unlock_run_dir
+from deepseek.train.strategy import ModelState, OptimizerState
 
 
 class TrainerState:
@@ -28,9 +29,10 @@ class TrainerState:
     _PROGRESS = ("global_step", "epoch", "batch_in_epoch", "should_stop", "stop_reason")
 
     def _stateful(self) -> dict[str, Any]:
-        """The parts whose ``state_dict()`` a checkpoint holds (None where a part is unused)."""
+        """The parts whose ``state_dict()`` a checkpoint holds (None where a part is unused); the model's
+        and optimizer's state come through the strategy (a sharded model's is not its modules' own)."""
         return {
-            "optimizer": self.optimizer,
+            "optimizer": OptimizerState(self.strategy, self.model, self.optimizer),
             "scheduler": self.scheduler,
             "scaler": self.policy.scaler,
             "precision": self.policy if hasattr(self.policy, "state_dict") else None,  # progressive
@@ -56,7 +58,8 @@ class TrainerState:
         record = {"monitor": self.best.monitor, "value": self.best.best, "step": self.global_step} if best else None
         if best:
             self.best_checkpoint = f"step-{self.global_step:08d}"
-        path = self.ckpt.save(self.global_step, self.model, self.state_dict(), best=record)
+        weights = ModelState(self.strategy, self.model)
+        path = self.ckpt.save(self.global_step, weights, self.state_dict(), best=record)  # type: ignore[arg-type]
         self._last_ckpt_step, self._t_ckpt = self.global_step, time.monotonic()
         self.callbacks("on_checkpoint", self, path)
         return path
@@ -114,7 +117,7 @@ class TrainerState:
 
     def _load_checkpoint(self, path: Path) -> None:
         """Weights and state of one checkpoint; the state is checked whole before any of it is applied."""
-        state = load_checkpoint(path, self.model)
+        state = load_checkpoint(path, ModelState(self.strategy, self.model))  # type: ignore[arg-type]
         needed = (*self._PROGRESS, "best", "last_val_metrics", "wall_s", "rng")
         if missing := [k for k in needed if k not in state]:
             raise CheckpointError(f"state.pt lacks {', '.join(missing)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deepseek.config import ConfigError
+from deepseek.errors import ConfigError
 
 
 def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

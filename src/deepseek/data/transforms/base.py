@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from deepseek.config.components import ComponentErrors, validate_kwargs
+from deepseek.components import ComponentErrors, validate_kwargs
 from deepseek.registry import RegistryError, register_transform, transforms
 
 MODALITIES = ("vision", "audio", "text", "timeseries", "graph", "pointcloud")

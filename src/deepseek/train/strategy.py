@@ -1,0 +1,199 @@
+"""Strategies: how a model is distributed, as one object the Trainer calls (``train.strategy``).
+
+A strategy wraps the model for training, gives the context that skips gradient sync on an accumulation
+window's non-final micro-steps, clips gradients, turns the model's and optimizer's state into what a
+checkpoint holds (and back), names the module validation runs, and unwraps the model at the end. The
+Trainer calls these and nothing else, so FSDP, tensor or pipeline parallelism are new strategies, not
+new Trainer code. Built in: ``single_device`` (alias ``single``) and ``ddp``; ``auto`` (the default) is
+``ddp`` in a process group of several ranks, else ``single_device``. A strategy of one's own is any class
+with these methods (no base class needed), named in a config by import path::
+
+    train:
+      strategy: {name: my_pkg.parallel:MyStrategy, some_kwarg: 1}
+
+The calls, in the Trainer's order: ``setup`` (after the model is on its device, EMA copied and
+compiled, and a resumed checkpoint loaded), then per step ``no_sync`` (only when a window has several
+micro-batches or ranks) and ``clip_grad_norm`` (only with ``grad_clip_norm``), ``eval_module`` per
+validation, the state-dict methods per checkpoint save or load, and ``teardown`` once when ``fit()`` ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from deepseek.registry import RegistryError, register_strategy, strategies
+from deepseek.train.distributed import DistInfo
+
+AUTO = "auto"
+
+
+@register_strategy("single_device", aliases=("single",))
+class SingleDevice:
+    """One process, one device: the model trains as it is, with no wrapper and no gradient sync."""
+
+    def setup(self, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
+        """The module to train: ``model`` itself."""
+        if dist.enabled:  # each rank would train alone and the ranks would drift apart silently
+            raise ValueError(
+                f"train.strategy: 'single_device' cannot train on {dist.world_size} ranks; use 'ddp' or 'auto'"
+            )
+        return model
+
+    def no_sync(self, train_model: nn.Module) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip all gradients to a total 2-norm of ``max_norm``; returns the norm before clipping (a scalar)."""
+        return nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        return model.state_dict()
+
+    def load_model_state_dict(self, model: nn.Module, state: Mapping[str, Any]) -> None:
+        """Load ``state``; it may lack the names of tied (shared) tensors, which loading their twin fills,
+        so missing keys are left to the caller to judge (the checkpoint loader does)."""
+        model.load_state_dict(state, strict=False)
+
+    def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
+        optimizer.load_state_dict(state)
+
+    def eval_module(self, model: nn.Module, train_model: nn.Module) -> nn.Module:
+        """What validation runs: the bare model (each rank scores its own shard; the metrics are reduced)."""
+        return model
+
+    def teardown(self, train_model: nn.Module) -> nn.Module:
+        """The bare model back from what :meth:`setup` returned."""
+        return train_model
+
+
+_SET_BY_DDP_STRATEGY = {"self", "module", "device_ids", "output_device"}  # from the Trainer's device
+
+
+@register_strategy("ddp")
+class DDP(SingleDevice):
+    """``torch.nn.parallel.DistributedDataParallel`` over the default process group.
+
+    ``kwargs`` go to DDP as they are (``find_unused_parameters``, ``gradient_as_bucket_view``,
+    ``static_graph``, ``bucket_cap_mb``, ...). On CUDA each rank's module sits on its own device.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        allowed = [k for k in inspect.signature(DistributedDataParallel).parameters if k not in _SET_BY_DDP_STRATEGY]
+        if unknown := sorted(set(kwargs) - set(allowed)):  # found now, not on every rank at launch
+            raise ValueError(f"train.strategy: ddp has no argument {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        self.kwargs = kwargs
+
+    def setup(self, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
+        if not (torch_dist.is_available() and torch_dist.is_initialized()):
+            raise ValueError(
+                "train.strategy: 'ddp' needs a process group; launch with torchrun (or `deepseek launch`), "
+                "or use 'auto' to train on one process"
+            )
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, **self.kwargs)
+
+    def no_sync(self, train_model: nn.Module) -> AbstractContextManager[Any]:
+        """DDP's own ``no_sync``: gradients accumulate locally until the window's last micro-step."""
+        return train_model.no_sync() if isinstance(train_model, DistributedDataParallel) else contextlib.nullcontext()
+
+    def teardown(self, train_model: nn.Module) -> nn.Module:
+        """The wrapped module. The caller drops the wrapper and collects garbage while the group still lives:
+        DDP sits in a reference cycle that a later GC would free holding the GIL, and if its reducer were
+        the group's last owner by then, a gloo group's destructor would wait for a worker thread that waits
+        for the GIL: a hang."""
+        return train_model.module if isinstance(train_model, DistributedDataParallel) else train_model
+
+
+STRATEGY_METHODS = (
+    "setup", "no_sync", "clip_grad_norm", "model_state_dict", "load_model_state_dict",
+    "optimizer_state_dict", "load_optimizer_state_dict", "eval_module", "teardown",
+)  # fmt: skip
+
+
+def build_strategy(spec: Any, dist_info: DistInfo) -> Any:
+    """The strategy ``spec`` names: None or ``"auto"`` (DDP in a world of several ranks, else single device),
+    a registered name or import path, a ``{name, **kwargs}`` mapping or config Component, or an object
+    that already is one (returned as it is)."""
+    name, kwargs = _name_and_kwargs(spec)
+    if name is None:
+        built = spec
+    elif name.lower() == AUTO:
+        if kwargs:
+            raise ValueError(
+                f"train.strategy: 'auto' takes no arguments (got {', '.join(sorted(kwargs))}); "
+                "name the strategy instead, e.g. {name: ddp, find_unused_parameters: true}"
+            )
+        built = DDP() if dist_info.enabled else SingleDevice()
+    else:
+        try:
+            built = strategies.build(name, **kwargs)
+        except RegistryError as exc:
+            raise RegistryError(f"train.strategy: {exc}") from None
+        except TypeError as exc:  # arguments the class does not take
+            raise ValueError(f"train.strategy: {name}: {exc}") from None
+    if missing := [m for m in STRATEGY_METHODS if not callable(getattr(built, m, None))]:
+        raise ValueError(f"train.strategy: {type(built).__name__} lacks {', '.join(missing)}; "
+                         f"a strategy needs {', '.join(STRATEGY_METHODS)}")  # fmt: skip
+    return built
+
+
+def _name_and_kwargs(spec: Any) -> tuple[str | None, dict[str, Any]]:
+    """``(name, kwargs)`` of a name, a mapping or a Component; ``(None, {})`` for a strategy object."""
+    if spec is None:
+        return AUTO, {}
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, Mapping):
+        rest = {k: v for k, v in spec.items() if k != "name"}
+        return str(spec.get("name", AUTO)), rest
+    if isinstance(getattr(spec, "name", None), str) and isinstance(getattr(spec, "kwargs", None), dict):
+        return spec.name, dict(spec.kwargs)  # deepseek.config's Component
+    return None, {}
+
+
+class ModelState:
+    """The model's state through a strategy, as an object with ``state_dict()`` / ``load_state_dict()``:
+    what the checkpoint writer and reader take (they also read tied-weight names from ``state_dict()``)."""
+
+    def __init__(self, strategy: Any, model: nn.Module) -> None:
+        self.strategy, self.model = strategy, model
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.strategy.model_state_dict(self.model)
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = False) -> tuple[list[str], list[str]]:
+        """Load ``state``; returns ``(missing, unexpected)`` key lists like ``nn.Module.load_state_dict``."""
+        own = self.strategy.model_state_dict(self.model)
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"missing keys {missing}, unexpected keys {unexpected}")
+        self.strategy.load_model_state_dict(self.model, {k: v for k, v in state.items() if k in own})
+        return missing, unexpected
+
+
+class OptimizerState:
+    """The optimizer's state through a strategy, as an object with ``state_dict()`` / ``load_state_dict()``."""
+
+    def __init__(self, strategy: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.strategy, self.model, self.optimizer = strategy, model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.strategy.optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.strategy.load_optimizer_state_dict(self.model, self.optimizer, state)

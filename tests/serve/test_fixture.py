@@ -1,0 +1,63 @@
+"""The serve fixture itself: a server that logs a lot keeps answering, and its last lines reach failures."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import write_yaml
+from tests.serve.conftest import ServerProcess
+
+CHATTY = '''
+import sys
+import torch
+import torch.nn as nn
+
+class Chatty(nn.Module):
+    """(N, 4) -> (N, 4); every forward writes about 200 KB of log lines to stdout."""
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+    def forward(self, x):
+        for i in range(1000):
+            print(f"chatty line {i:04d} " + "x" * 180, file=sys.stdout)
+        return x * self.scale
+'''
+
+
+@pytest.fixture
+def chatty_dir(tmp_path: Path) -> Path:
+    import sys
+
+    from safetensors.torch import save_model
+
+    (tmp_path / "chatty_model.py").write_text(CHATTY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from chatty_model import Chatty  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("chatty_model", None)
+    save_model(Chatty(), tmp_path / "chatty.safetensors")
+    spec = {"path": "chatty.safetensors", "model": {"name": "chatty_model:Chatty"},
+            "inputs": {"x": {"shape": [4], "dtype": "float32"}}}  # fmt: skip
+    write_yaml(tmp_path / "serve.yaml", {"models": [{"name": "chatty", **spec}]})
+    return tmp_path
+
+
+@pytest.mark.slow  # a server of its own: about 15 s
+def test_a_server_that_logs_megabytes_keeps_answering(chatty_dir: Path):
+    # A pipe holds 64 KB: if the fixture stops reading after the readiness line, the server's next
+    # write blocks the forward pass and the request never returns (httpx's timeout fails the test).
+    s = ServerProcess(chatty_dir).start()
+    try:
+        for i in range(10):  # 10 x 200 KB = 2 MB of output
+            r = httpx.post(s.url + "/v1/models/chatty/predict", json={"instances": [[i, 1, 2, 3]]}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.json()["predictions"][0] == [i, 1, 2, 3]
+        assert "chatty line 0999" in s.output_tail()
+    finally:
+        s.kill(signal.SIGTERM)
