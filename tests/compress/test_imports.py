@@ -17,6 +17,7 @@ def _python(source: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and torchao
 def test_distiller_works_when_torchao_cannot_be_imported():
     r = _python("""
         import sys
@@ -34,6 +35,7 @@ def test_distiller_works_when_torchao_cannot_be_imported():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and torchao
 def test_importing_the_quantizer_shows_no_third_party_noise():
     pytest.importorskip("torchao")
     r = _python("""

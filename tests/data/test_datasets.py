@@ -26,7 +26,9 @@ BUILTIN = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "mnist" else n for n in sorted(BUILTIN)]
+)
 def test_bundled_dataset_loads_offline_with_seeded_stratified_splits(name):
     splits = build_dataset(name)
     n_train, n_val, classes = BUILTIN[name]
