@@ -13,17 +13,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from deepseek.protocols import CALLBACK_HOOKS
 from deepseek.registry import register_callback
 
-HOOKS = (
-    "on_train_start",
-    "on_epoch_start",
-    "on_step_end",
-    "on_epoch_end",
-    "on_validation_end",
-    "on_checkpoint",
-    "on_train_end",
-)
+HOOKS = CALLBACK_HOOKS  # the hooks the Trainer calls, named once in deepseek.protocols
 
 
 class CallbackList:
