@@ -54,6 +54,7 @@ def test_eval_reports_the_same_accuracy(quickstart_run):
     assert json.loads(r.stdout)["val/accuracy"] == pytest.approx(summary["val"]["accuracy"])
 
 
+@pytest.mark.slow  # a fresh process or server: kept out of the fast lane
 def test_eval_of_a_missing_checkpoint_is_a_clear_error():
     r = run_cli("eval", "configs/quickstart.yaml", "--checkpoint", "/no/such/ckpt")
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr

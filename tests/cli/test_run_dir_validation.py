@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import run_cli, write_yaml
 
 
-@pytest.mark.parametrize("where", ["a_file", "inside_proc"])
+@pytest.mark.parametrize("where", ["a_file", pytest.param("inside_proc", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("command", ["train", pytest.param("launch", marks=pytest.mark.slow)])
 def test_a_run_dir_that_is_a_file_or_inside_proc_is_one_line_and_exit_2(tmp_path, where, command):
     cfg = write_yaml(

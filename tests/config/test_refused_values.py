@@ -48,6 +48,7 @@ def test_refused_with_one_line_and_exit_2(capsys, tmp_path, command, override):
     assert not (tmp_path / "run").exists()  # refused before the run started
 
 
+@pytest.mark.slow  # a fresh process or server: kept out of the fast lane
 def test_a_real_train_process_refuses_inf_lr_with_exit_2():
     r = run_cli("train", QUICKSTART, "optim.lr=1e400", env={"CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -211,6 +211,7 @@ def test_client_predict_accepts_tensors_and_arrays(app_client):
     assert c.wait(job, timeout=30)["result"] == [[2.0, 4.0]]
 
 
+@pytest.mark.slow  # a fresh process or server: kept out of the fast lane
 def test_max_job_attempts_below_one_is_refused(tmp_path):
     from tests.conftest import run_cli
 

@@ -162,6 +162,7 @@ def test_health_docs_and_openapi(server):
     } <= set(paths)
 
 
+@pytest.mark.slow  # a fresh process or server: kept out of the fast lane
 def test_api_key(model_dir, tmp_path):
     s = ServerProcess(
         model_dir, "--jobs-db", str(tmp_path / "jobs.sqlite"), env={"DEEPSEEK_SERVE_API_KEY": "s3cret"}
