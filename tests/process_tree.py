@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psutil
@@ -92,3 +93,53 @@ def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL, wait_s: float =
         pass
     _, alive = psutil.wait_procs(list(targets.values()), timeout=wait_s)
     return [p.pid for p in alive]
+
+
+def poll(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` s, asked every ``interval`` s.
+
+    ``timeout`` is an upper bound for a state the test waits on (a process gone, a lock free), never a
+    synchronisation: the poll returns as soon as the condition holds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def is_gone(pid: int) -> bool:
+    """The process has exited: no such pid, or a zombie its parent has not reaped yet (still has a pid)."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` s for every pid in ``pids`` to exit (see ``is_gone``); returns those still alive.
+
+    Unlike ``psutil.wait_procs`` this works for processes that are not our children and counts a zombie as
+    gone: a killed process whose parent is gone too may stay a zombie until init reaps it.
+    """
+    pids = list(pids)
+    poll(lambda: all(is_gone(pid) for pid in pids), timeout)
+    return [pid for pid in pids if not is_gone(pid)]
+
+
+def command_line(pid: int) -> list[str]:
+    """The arguments ``pid`` was started with; empty for a process that is gone, a zombie or another user's."""
+    try:
+        return psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
+def processes_naming(argument: str) -> list[int]:
+    """Every live process (other than this one) that has ``argument`` as one of its command-line arguments."""
+    return [
+        proc.pid
+        for proc in psutil.process_iter()
+        if proc.pid != os.getpid() and argument in command_line(proc.pid) and not is_gone(proc.pid)
+    ]

@@ -14,8 +14,8 @@ import deepseek  # noqa: F401  (registers the built-ins)
 import deepseek.train  # noqa: F401
 from deepseek import protocols as P
 from deepseek import registry as reg
+from deepseek.amp.policy import PrecisionPolicy as BuiltinPolicy
 from deepseek.data import DistributedDataset
-from deepseek.train.precision import PrecisionPolicy as BuiltinPolicy
 from deepseek.train.sinks import build_sinks
 
 

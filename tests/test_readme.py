@@ -1,8 +1,12 @@
-"""Every README block runs as written, in order, in a fresh directory (issue 12).
+"""Every README block runs as written, in order, in a fresh directory (issue 12), and so does every block of the
+documentation pages (issue 14 moved the README's reference material there).
 
 Rules (what this test runs, and what it leaves out):
 
-- Fenced ```bash and ```python blocks run in README order in one temporary directory that holds copies of
+- The pages are README.md, then the pages of ``mkdocs.yml``'s ``nav`` in nav order (pages the site generates
+  are not files and have no blocks to run), all in one directory: a block may use the files and servers an
+  earlier page's block made.
+- Fenced ```bash and ```python blocks run in page order in one temporary directory that holds copies of
   ``configs/`` and ``examples/`` (a fresh clone's files), with this venv's ``bin`` first on ``PATH``.
   ```text blocks are output and are not run; ```yaml and other blocks are not run either, except that
   ``<!-- readme-test: file NAME -->`` just before a block writes it to ``NAME`` (serve.yaml).
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|file)\s*(.*?)\s*-->")
@@ -70,12 +75,33 @@ def readme_blocks(text: str) -> list[Block]:
     return blocks
 
 
+def _nav_files(nav: list) -> list[str]:
+    files = []
+    for entry in nav:
+        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        files += _nav_files(value) if isinstance(value, list) else [value]
+    return files
+
+
+def doc_pages() -> list[Path]:
+    """README.md, then each documentation page that is a file, in ``mkdocs.yml``'s nav order."""
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    docs = REPO / config.get("docs_dir", "docs")
+    return [REPO / "README.md"] + [docs / f for f in _nav_files(config["nav"]) if (docs / f).is_file()]
+
+
 def test_readme_blocks_parse_with_reasons() -> None:
-    blocks = readme_blocks((REPO / "README.md").read_text())
-    assert sum(b.lang in ("bash", "python") for b in blocks) >= 10
-    for b in blocks:
-        if b.marker and b.marker[0] == "skip":
-            assert re.fullmatch(r"\(.+\)", b.marker[1]), f"README line {b.line}: a skip marker needs (a reason)"
+    pages = doc_pages()
+    assert pages[0].name == "README.md" and len(pages) > 5
+    runnable = 0
+    for page in pages:
+        blocks = readme_blocks(page.read_text())
+        runnable += sum(b.lang in ("bash", "python") for b in blocks)
+        for b in blocks:
+            if b.marker and b.marker[0] == "skip":
+                where = f"{page.relative_to(REPO)} line {b.line}"
+                assert re.fullmatch(r"\(.+\)", b.marker[1]), f"{where}: a skip marker needs (a reason)"
+    assert runnable >= 10
 
 
 def _free_port() -> int:
@@ -144,6 +170,7 @@ def _bash_scripts(code: str) -> list[tuple[str, bool]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # every block of the README and the docs: trainings, compression, export, two servers
 def test_every_readme_block_runs_as_written(tmp_path: Path) -> None:
     for folder in ("configs", "examples"):
         shutil.copytree(REPO / folder, tmp_path / folder)
@@ -152,8 +179,9 @@ def test_every_readme_block_runs_as_written(tmp_path: Path) -> None:
     port = str(_free_port())
     servers = Servers()
     try:
-        for block in readme_blocks((REPO / "README.md").read_text()):
-            print(f"README line {block.line}: {block.lang}", flush=True)  # with -s: where the time goes
+        for page, block in ((p, b) for p in doc_pages() for b in readme_blocks(p.read_text())):
+            where = f"{page.relative_to(REPO)} line {block.line}"
+            print(f"{where}: {block.lang}", flush=True)  # with -s: where the time goes
             code = block.code.replace("8080", port)
             if block.marker and block.marker[0] == "file":
                 (tmp_path / block.marker[1]).write_text(code)
@@ -163,7 +191,7 @@ def test_every_readme_block_runs_as_written(tmp_path: Path) -> None:
             if block.lang == "python":
                 done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                                       text=True, timeout=300)  # fmt: skip
-                assert done.returncode == 0, f"README line {block.line} (python):\n{done.stderr[-3000:]}"
+                assert done.returncode == 0, f"{where} (python):\n{done.stderr[-3000:]}"
                 continue
             for script, starts_server in _bash_scripts(code):
                 if starts_server:
@@ -171,7 +199,7 @@ def test_every_readme_block_runs_as_written(tmp_path: Path) -> None:
                     continue
                 done = subprocess.run(["bash", "-c", f"{FAIL_FAST}\n{script}"], cwd=tmp_path, env=env,
                                       capture_output=True, text=True, timeout=300)  # fmt: skip
-                assert done.returncode == 0, f"README line {block.line}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+                assert done.returncode == 0, f"{where}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     finally:
         servers.stop()
     shutil.rmtree(tmp_path)  # passed: drop the 400 MB gpt2.safetensors (a failing run's files stay to look at)

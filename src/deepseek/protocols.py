@@ -22,10 +22,15 @@ if TYPE_CHECKING:
 CALLBACK_HOOKS = (
     "on_train_start",
     "on_epoch_start",
+    "on_step_start",
+    "on_before_optimizer_step",
     "on_step_end",
     "on_epoch_end",
     "on_validation_end",
+    "on_save_checkpoint",
     "on_checkpoint",
+    "on_load_checkpoint",
+    "on_exception",
     "on_train_end",
 )
 
@@ -33,14 +38,25 @@ CALLBACK_HOOKS = (
 class Callback(Protocol):
     """Training hooks; a callback implements any subset (the Trainer binds only those that exist, so
     a hook no callback implements costs nothing). With ``state_dict()`` / ``load_state_dict(state)``
-    its state is saved in checkpoints and restored on resume."""
+    its state is saved in checkpoints and restored on resume; ``on_save_checkpoint(trainer, state)`` may also
+    add entries to the checkpoint's ``state`` dict (tensors, numbers, strings, lists and dicts of them: it is
+    read back with ``weights_only=True``), which ``on_load_checkpoint(trainer, state)`` gets on resume.
+
+    ``on_step_start`` runs before an optimizer step's first micro-batch; ``on_before_optimizer_step`` once
+    per optimizer step, with the gradients present, unscaled by the loss scaler and not yet clipped;
+    ``on_exception`` when ``fit()`` fails (the exception then propagates unchanged)."""
 
     def on_train_start(self, trainer: Any) -> None: ...
     def on_epoch_start(self, trainer: Any) -> None: ...
+    def on_step_start(self, trainer: Any) -> None: ...
+    def on_before_optimizer_step(self, trainer: Any, optimizer: torch.optim.Optimizer) -> None: ...
     def on_step_end(self, trainer: Any) -> None: ...
     def on_epoch_end(self, trainer: Any) -> None: ...
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None: ...
+    def on_save_checkpoint(self, trainer: Any, state: dict[str, Any]) -> None: ...
     def on_checkpoint(self, trainer: Any, path: Any) -> None: ...
+    def on_load_checkpoint(self, trainer: Any, state: dict[str, Any]) -> None: ...
+    def on_exception(self, trainer: Any, exc: BaseException) -> None: ...
     def on_train_end(self, trainer: Any) -> None: ...
 
 
@@ -63,8 +79,9 @@ class Metric(Protocol):
 
 @runtime_checkable
 class Loss(Protocol):
-    """``loss(output, target) -> scalar tensor``: a function or an ``nn.Module``, e.g. logits ``(N, C)``
-    and class indices ``(N,)`` to a 0-d tensor."""
+    """``loss(output, target) -> scalar tensor``: a function, an ``nn.Module``, or an instance of a plain
+    class with ``__call__`` (by import path too), e.g. logits ``(N, C)`` and class indices ``(N,)`` to a
+    0-d tensor."""
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 

@@ -50,7 +50,8 @@ class Registry:
 
     def __init__(self, kind: str, base: str | None = None, result: str | None = None) -> None:
         """``base``: the class (``torch.nn:Module``) an imported class must subclass; ``result``: the class an
-        imported function's result must be an instance of, or ``"callable"``. Named, so torch loads late."""
+        imported function's result must be an instance of, or ``"callable"`` (then a plain class whose
+        instances are callable is accepted too, as losses are). Named, so torch loads late."""
         self.kind = kind
         self.base, self.result = base, result
         self._entries: dict[str, Callable[..., Any]] = {}
@@ -110,7 +111,11 @@ class Registry:
         if _is_standard_library(getattr(obj, "__module__", None) or ""):  # reached through another module
             raise RegistryError(f"'{path}': standard-library and built-in modules cannot provide components")
         if inspect.isclass(obj) and self.base is not None and not issubclass(obj, _named_class(self.base)):
-            raise RegistryError(f"'{path}' is not a subclass of {_dotted(self.base)}; {what}")
+            if self.result != "callable":
+                raise RegistryError(f"'{path}' is not a subclass of {_dotted(self.base)}; {what}")
+            if not _defines_call(obj):  # a plain class serves where its instances are what is called (a loss)
+                raise RegistryError(f"'{path}' is not a subclass of {_dotted(self.base)} nor a class whose "
+                                    f"instances are callable (one with __call__); {what}")  # fmt: skip
         return obj
 
     def add_build_option(self, key: str, apply: Callable[[str, Any, Any], Any], annotation: Any = Any) -> None:
@@ -177,6 +182,12 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self)} entries)"
+
+
+def _defines_call(cls: type) -> bool:
+    """Whether instances of ``cls`` are callable: a class of its MRO (not ``object``) defines ``__call__``
+    (``hasattr(cls, "__call__")`` is always true: it finds the metaclass's)."""
+    return any("__call__" in vars(klass) for klass in cls.__mro__ if klass is not object)
 
 
 def _takes(fn: Callable[..., Any], key: str) -> bool:

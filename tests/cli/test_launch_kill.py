@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from deepseek.train.run_lock import RunDirLockedError, lock_run_dir, unlock_run_dir
+from tests import process_tree
 from tests.conftest import REPO, write_yaml
 
 WAIT_S = 180  # an upper bound for the polls below, never a synchronisation
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _processes_of(run_dir: Path) -> list[int]:
-    """The launcher, the torchrun agent and the ranks: every live process whose command line names ``run_dir``."""
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [pid for pid in pids if pid != os.getpid() and str(run_dir) in _cmdline(pid) and _alive(pid)]
 
 
 def _lock_is_free(run_dir: Path) -> bool:
@@ -45,15 +23,6 @@ def _lock_is_free(run_dir: Path) -> bool:
         return False
     unlock_run_dir(run_dir)
     return True
-
-
-def _poll(condition, timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @pytest.mark.slow
@@ -72,25 +41,24 @@ def test_kill_9_of_deepseek_launch_ends_the_agent_and_both_ranks(tmp_path):
     )
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DS_DIST_BACKEND": "gloo", "MASTER_ADDR": "127.0.0.1"}
-    launch = subprocess.Popen(
+    launch = process_tree.popen(
         [sys.executable, "-m", "deepseek", "launch", "--nproc", "2", str(cfg), "--run-dir", str(run_dir)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    pids: list[int] = []
     try:
         # training is under way: a checkpoint exists, and launcher + agent + 2 ranks are running
-        started = _poll(lambda: any((run_dir / "checkpoints").glob("step-*")) or launch.poll() is not None)
+        started = process_tree.poll(
+            lambda: any((run_dir / "checkpoints").glob("step-*")) or launch.poll() is not None, WAIT_S
+        )
         assert started and launch.poll() is None, launch.stderr.read() if launch.poll() is not None else "no start"
-        pids = _processes_of(run_dir)
-        assert launch.pid in pids and len(pids) >= 4, [_cmdline(p) for p in pids]
-        launch.kill()
+        # the launcher, the torchrun agent and the ranks: every process whose command line names run_dir
+        pids = process_tree.processes_naming(str(run_dir))
+        assert launch.pid in pids and len(pids) >= 4, [process_tree.command_line(p) for p in pids]
+        launch.kill()  # SIGKILL to the launcher alone: the agent and the ranks must follow by themselves
         launch.wait(timeout=WAIT_S)
-        assert _poll(lambda: not any(_alive(p) for p in pids)), [_cmdline(p) for p in pids if _alive(p)]
+        alive = process_tree.wait_gone(pids, WAIT_S)
+        assert not alive, [process_tree.command_line(p) for p in alive]
         # A leader shows as a zombie while its other threads still exit; the lock goes with the last one.
-        assert _poll(lambda: _lock_is_free(run_dir)), "a writer still holds the run directory"
+        assert process_tree.poll(lambda: _lock_is_free(run_dir), WAIT_S), "a writer still holds the run directory"
     finally:
-        for pid in pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        launch.kill()
-        launch.wait(timeout=WAIT_S)
+        process_tree.kill_tree(launch)  # the agent and ranks inherit the launcher's tree marker

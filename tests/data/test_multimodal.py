@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deepseek.data.graph import Graph
-from deepseek.data.multimodal import (
+from deepseek.multimodal import (
     AudioExtractor,
     GraphTransformer,
     MultimodalCollate,
@@ -110,3 +110,52 @@ def test_graph_encoder_with_low_precision_weights_returns_their_dtype(dtype):
         low = proc.to(dtype)(batch.replace(x=batch.x.to(dtype), edge_weight=batch.edge_weight.to(dtype)))
     assert low.shape == (2, D) and low.dtype == dtype
     torch.testing.assert_close(low.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_the_data_layer_defines_no_nn_module() -> None:
+    # data holds feature steps; encoders are models (deepseek.models.multimodal), front ends sit above both
+    import importlib
+    import inspect
+    import pkgutil
+
+    import deepseek.data
+
+    modules = [importlib.import_module(m.name) for m in pkgutil.walk_packages(deepseek.data.__path__, "deepseek.data.")]
+    defined = [
+        f"{module.__name__}.{name}"
+        for module in modules
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and obj.__module__ == module.__name__ and issubclass(obj, torch.nn.Module)
+    ]
+    assert defined == []
+
+
+def test_the_front_ends_keep_their_names_and_features_alone_batch_the_same() -> None:
+    import deepseek.data as data
+
+    raws = raw_samples()
+    front_ends = processors()
+    features = {"text": data.TextFeatures(max_length=12), "vision": data.VisionFeatures(size=24),
+                "audio": data.AudioFeatures(n_mels=20), "timeseries": data.TimeSeriesFeatures(length=64),
+                "graph": data.GraphFeatures(), "pointcloud": data.PointCloudFeatures(num_points=64)}  # fmt: skip
+    for key, step in features.items():
+        assert not isinstance(step, torch.nn.Module)
+        alone = step.collate([step.preprocess(r) for r in raws[key]])
+        paired = front_ends[key].collate([front_ends[key].preprocess(r) for r in raws[key]])
+        flat_a = torch.utils._pytree.tree_leaves(alone if key != "graph" else alone.x)
+        flat_b = torch.utils._pytree.tree_leaves(paired if key != "graph" else paired.x)
+        assert all(torch.equal(a, b) for a, b in zip(flat_a, flat_b, strict=True)), key
+        assert front_ends[key].modality == step.modality == key
+
+
+def test_weights_saved_before_the_encoders_moved_still_load() -> None:
+    """Front-end weights saved when the encoder's layers sat on the front end itself (no ``encoder.`` prefix)."""
+    for key, proc in processors().items():
+        new = proc.state_dict()
+        assert new and all(k.startswith("encoder.") for k in new), key
+        old_layout = {k.removeprefix("encoder."): torch.randn_like(v) if v.is_floating_point() else v
+                      for k, v in new.items()}  # fmt: skip
+        fresh = processors()[key]
+        fresh.load_state_dict(old_layout)  # strict
+        for k, v in old_layout.items():
+            assert torch.equal(fresh.state_dict()["encoder." + k], v), (key, k)

@@ -7,6 +7,7 @@ reports the batch it ran in, raises on a sample starting with 13 and sleeps on o
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import signal
@@ -15,7 +16,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,6 +44,29 @@ class Probe(nn.Module):
             time.sleep(float(slow[:, 1].max()))
         return torch.stack([x.sum(1) * self.scale, torch.full((x.shape[0],), float(x.shape[0]))], 1)
 '''
+
+
+def save_code_model(
+    directory: Path, module: str, class_name: str, source: str, weights: str, input_shape: Sequence[int]
+) -> dict[str, Any]:
+    """Write ``source`` as ``directory/<module>.py`` and save a fresh ``class_name`` from it to ``directory/<weights>``.
+
+    Returns the model's serve.yaml entry less its name: the weights, ``<module>:<class_name>`` (served with
+    ``--trust-code`` and ``directory`` on PYTHONPATH) and one float32 input ``x`` of shape ``(N, *input_shape)``.
+    """
+    from safetensors.torch import save_model
+
+    (directory / f"{module}.py").write_text(source)
+    sys.path.insert(0, str(directory))
+    importlib.invalidate_caches()  # the file is new: a finder that listed the directory before must look again
+    try:
+        model_class = getattr(importlib.import_module(module), class_name)
+    finally:
+        sys.path.remove(str(directory))
+        sys.modules.pop(module, None)  # another directory may hold a module of the same name
+    save_model(model_class(), directory / weights)
+    return {"path": weights, "model": {"name": f"{module}:{class_name}"},
+            "inputs": {"x": {"shape": list(input_shape), "dtype": "float32"}}}  # fmt: skip
 
 
 def digits_samples(n: int) -> tuple[list, list[int]]:
@@ -132,7 +158,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from safetensors.torch import save_model
 
     root = tmp_path_factory.mktemp("models")
-    (root / "probe_model.py").write_text(PROBE)
     cfg = write_yaml(
         root / "digits.yaml",
         {
@@ -167,14 +192,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_model(
         models.build("gpt2", vocab_size=30522, max_positions=64, dim=32, depth=2, heads=2), root / "gpt2.safetensors"
     )
-    sys.path.insert(0, str(root))
-    try:
-        from probe_model import Probe  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(root))
-    save_model(Probe(), root / "probe.safetensors")
-    probe = {"path": "probe.safetensors", "model": {"name": "probe_model:Probe"},
-             "inputs": {"x": {"shape": [4], "dtype": "float32"}}}  # fmt: skip
+    probe = save_code_model(root, "probe_model", "Probe", PROBE, "probe.safetensors", input_shape=[4])
     gpt2 = {"name": "gpt2", "vocab_size": 30522, "max_positions": 64, "dim": 32, "depth": 2, "heads": 2}
     write_yaml(
         root / "serve.yaml",

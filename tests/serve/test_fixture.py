@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import write_yaml
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import ServerProcess, save_code_model
 
 CHATTY = '''
 import sys
@@ -30,20 +30,7 @@ class Chatty(nn.Module):
 
 @pytest.fixture
 def chatty_dir(tmp_path: Path) -> Path:
-    import sys
-
-    from safetensors.torch import save_model
-
-    (tmp_path / "chatty_model.py").write_text(CHATTY)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        from chatty_model import Chatty  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("chatty_model", None)
-    save_model(Chatty(), tmp_path / "chatty.safetensors")
-    spec = {"path": "chatty.safetensors", "model": {"name": "chatty_model:Chatty"},
-            "inputs": {"x": {"shape": [4], "dtype": "float32"}}}  # fmt: skip
+    spec = save_code_model(tmp_path, "chatty_model", "Chatty", CHATTY, "chatty.safetensors", input_shape=[4])
     write_yaml(tmp_path / "serve.yaml", {"models": [{"name": "chatty", **spec}]})
     return tmp_path
 

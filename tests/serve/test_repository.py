@@ -223,3 +223,19 @@ def test_a_run_written_by_deepseek_train_is_served_without_building_its_dataset(
     (m,) = [m for m in discover(run, trust_code=True) if (m.name, m.version) == ("default", "1")]
     assert m.spec.tensors == {"input": TensorSpec([1, 8, 8], "float32")}
     assert m.labels == [str(i) for i in range(10)]
+
+
+def test_a_bare_weights_file_is_built_from_the_model_template_like_ds_models_build(tmp_path):
+    # serve.yaml's `model:` goes through the one model-building path: mlp's template gives in_features=64
+    from safetensors.torch import save_model
+
+    import deepseek as ds
+    from deepseek.serve.repository import Entry, load_entry
+
+    built = ds.models.build("mlp", num_classes=3)
+    save_model(built, str(tmp_path / "mlp.safetensors"))
+    entry = Entry(name="m", path="mlp.safetensors", model={"name": "mlp", "num_classes": 3},
+                  inputs={"x": {"shape": [64], "dtype": "float32"}})  # fmt: skip
+    served = load_entry(entry, tmp_path)
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(served.module(x), built.eval()(x))

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from deepseek.train.run_lock import RunDirLockedError, check_run_dir_unlocked, lock_run_dir, unlock_run_dir
+from tests import process_tree
 from tests.conftest import REPO, run_cli, write_yaml
 
 WAIT_S = 60  # an upper bound for the polls below, never a synchronisation
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie nobody reaped yet counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
-def _poll(condition, timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def _env() -> dict[str, str]:
@@ -55,20 +36,15 @@ def test_a_process_that_asked_to_die_with_its_parent_is_gone_after_the_parent_is
         print(child.pid, flush=True)
         time.sleep(600)
     """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, env=_env(), start_new_session=True
-    )
-    child_pid = None
+    proc = process_tree.popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, env=_env())
     try:
         child_pid = int(proc.stdout.readline())
         assert proc.stdout.readline().strip() == "ready"  # the child's output: it armed the signal
-        proc.kill()
+        proc.kill()  # SIGKILL to the parent alone: the child must follow by itself
         proc.wait(timeout=WAIT_S)
-        assert _poll(lambda: _gone(child_pid)), "the child outlived its killed parent"
+        assert not process_tree.wait_gone([child_pid], WAIT_S), "the child outlived its killed parent"
     finally:
-        proc.kill()
-        if child_pid is not None and not _gone(child_pid):
-            os.kill(child_pid, signal.SIGKILL)
+        process_tree.kill_tree(proc)  # the child inherits the parent's tree marker
 
 
 HOLDER = """
@@ -95,9 +71,8 @@ def _tiny_config(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir_and_kill_9_frees_it(tmp_path):
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True, env=_env()
-    )
+    holder = process_tree.popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                                env=_env())  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirLockedError, match=str(holder.pid)):
@@ -114,8 +89,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run_dir_and_kill_9
         lock_run_dir(run_dir)
         unlock_run_dir(run_dir)
     finally:
-        holder.kill()
-        holder.wait(timeout=WAIT_S)
+        process_tree.kill_tree(holder)
 
 
 @pytest.mark.slow

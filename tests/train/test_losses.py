@@ -138,3 +138,22 @@ def test_char_error_rate_decodes_greedily(frames, labels, want):
     log_probs = F.one_hot(torch.tensor([frames]), 3).float().log()  # blank = 2 (last)
     cer.update(log_probs, (torch.tensor([labels + [-1]]), torch.tensor([len(labels)])))
     assert cer.compute() == pytest.approx(want)
+
+
+def test_losses_live_in_the_losses_module_and_metrics_registers_none():
+    """One home for losses: every built-in loss comes from deepseek.train.losses, none from the metrics module."""
+    import deepseek.train.metrics as metrics_module
+
+    for name in ("cross_entropy", "mse", "l1", "token_cross_entropy", "ctc"):
+        assert losses.get(name).__module__ == "deepseek.train.losses", name
+    assert not [n for n in ("cross_entropy", "mse", "l1") if hasattr(metrics_module, n)]
+
+
+def test_the_basic_losses_compute_what_torch_does():
+    logits, target = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+    torch.testing.assert_close(losses.build("cross_entropy")(logits, target), F.cross_entropy(logits, target))
+    smoothed = losses.build("cross_entropy", label_smoothing=0.1)(logits, target)
+    torch.testing.assert_close(smoothed, F.cross_entropy(logits, target, label_smoothing=0.1))
+    a, b = torch.randn(5), torch.randn(5)
+    torch.testing.assert_close(losses.build("mse")(a, b), F.mse_loss(a, b))
+    torch.testing.assert_close(losses.build("l1")(a, b), F.l1_loss(a, b))

@@ -109,7 +109,7 @@ def test_an_unknown_strategy_name_is_one_line_with_what_exists():
 
 def test_trainer_source_names_no_ddp():
     """DDP-specific code lives in the DDP strategy only (issue 14's done-when)."""
-    for name in ("trainer.py", "step.py", "trainer_state.py"):
+    for name in ("trainer.py", "step.py", "trainer_state.py", "trainer_validation.py"):
         text = (SRC / name).read_text()
         assert not re.search(r"DistributedDataParallel|no_sync\(\)|_unwrap_ddp|device_ids", text), name
 
@@ -247,3 +247,32 @@ def test_a_wrong_strategy_in_yaml_exits_2_before_training(tmp_path, capsys, stra
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+class MarkingFinal(Counting):
+    """Records calls with the Trainer's phase; its model state for saving has a marker in the last bias, so
+    weights written through ``model_state_dict`` can be told from the model's own."""
+
+    def model_state_dict(self, model):
+        self.calls.append("model_state_dict")
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state["2.bias"].fill_(123.0)
+        return state
+
+
+def test_setup_runs_before_a_resumed_checkpoint_loads_and_final_weights_come_from_the_strategy(tmp_path):
+    from safetensors.torch import load_file
+
+    data = [(torch.randn(6, 4), torch.randint(0, 2, (6,))) for _ in range(3)]
+    run = tmp_path / "run"
+    kwargs = {"run_dir": run, "checkpoint_every_minutes": None, "tensorboard": False, "progress": "off"}
+    ds.Trainer(_model(), max_steps=2, strategy=Counting(), **kwargs).fit(data)
+    strategy = MarkingFinal()
+    model = _model()
+    ds.Trainer(model, max_steps=3, strategy=strategy, **kwargs).fit(data, resume="auto")
+    calls = strategy.calls
+    assert calls.index("setup") < calls.index("load_model_state_dict") < calls.index("load_optimizer_state_dict")
+    final = load_file(run / "final" / "model.safetensors")
+    assert torch.equal(final["2.bias"], torch.full_like(final["2.bias"], 123.0))  # through model_state_dict
+    assert not torch.equal(model.state_dict()["2.bias"], final["2.bias"])
+    assert torch.equal(final["0.weight"], model.state_dict()["0.weight"])

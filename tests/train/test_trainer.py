@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import deepseek as ds
-from deepseek.train.precision import resolve_precision
+from deepseek.amp.policy import resolve_precision
 
 
 class RecordingSGD(torch.optim.SGD):

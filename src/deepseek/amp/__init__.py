@@ -10,6 +10,12 @@ Document 000's loop runs as written::
 What ds adds: the device comes from the call (the tensors or modules a decorated function receives)
 or the default device, and the dtype defaults per device (bfloat16 on CPUs and on GPUs that support
 it, float16 on older GPUs), so one line works on CPU and CUDA.
+
+Every precision mechanism lives in this package: the Trainer's ``train.precision`` policy
+(:mod:`~deepseek.amp.policy`), progressive precision (:mod:`~deepseek.amp.progressive`), the
+per-parameter ``MixedPrecision`` optimizer (:mod:`~deepseek.amp.mixed_precision`, also
+``deepseek.optimizer.MixedPrecision``) and ``MixedPrecisionTrainer`` (:mod:`~deepseek.amp.mp_trainer`,
+also ``deepseek.optim.MixedPrecisionTrainer``).
 """
 
 from __future__ import annotations
@@ -92,6 +98,21 @@ class GradScaler(torch.amp.GradScaler):
                          backoff_factor=backoff_factor, growth_interval=growth_interval, enabled=enabled)  # fmt: skip
 
 
-from deepseek.amp.progressive import ProgressivePrecision  # noqa: E402  (it uses GradScaler above)
+# Below the definitions: these modules use GradScaler and default_device_type from here.
+from deepseek.amp.mixed_precision import MixedPrecision  # noqa: E402
+from deepseek.amp.mp_trainer import MixedPrecisionTrainer, adaptive_clip_grad_  # noqa: E402
+from deepseek.amp.policy import PRECISIONS, PrecisionPolicy, resolve_precision  # noqa: E402
+from deepseek.amp.progressive import ProgressivePrecision  # noqa: E402
 
-__all__ = ["GradScaler", "ProgressivePrecision", "auto_cast", "default_dtype"]
+__all__ = [
+    "PRECISIONS",
+    "GradScaler",
+    "MixedPrecision",
+    "MixedPrecisionTrainer",
+    "PrecisionPolicy",
+    "ProgressivePrecision",
+    "adaptive_clip_grad_",
+    "auto_cast",
+    "default_dtype",
+    "resolve_precision",
+]

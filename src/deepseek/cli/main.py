@@ -89,6 +89,15 @@ def _prepare(args: argparse.Namespace, cfg: Any, run_dir: Path) -> dict[str, tup
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from deepseek.train.isolation import isolated_run
+
+    # the run's seeds, deterministic flags, environment, sys.path additions and process group end with it:
+    # `main(["train", ...])` called in-process (a search driver, a notebook) finds its own state unchanged
+    with isolated_run():
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
     from deepseek.train.build import build_run
     from deepseek.train.distributed import die_with_torchrun_agent, shutdown_distributed
@@ -133,8 +142,8 @@ def _save_input_spec(run: Any) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
+    from deepseek.runs import find_trained_weights
     from deepseek.train.build import evaluate
-    from deepseek.train.run_reader import find_trained_weights
 
     cfg = load_config(args.config, args.overrides)
     if not Path(args.checkpoint).exists():
@@ -297,7 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    sys.path.insert(0, os.getcwd())  # import paths in configs may name the user's own modules
+    from deepseek.train.isolation import added_to_sys_path
+
+    # import paths in configs may name the user's own modules; scoped to this command, so that main() called
+    # in-process leaves sys.path (and sys.modules) as it found them
+    with added_to_sys_path(os.getcwd()):
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options too (`eval CFG --checkpoint X optim.lr=1`); argparse stops at them.

@@ -22,6 +22,7 @@ from deepseek.components import ComponentErrors, allowed_keys, validate_kwargs
 from deepseek.config.safe_yaml import MAX_BYTES, MAX_DEPTH, YAMLLimitError, check_size, load_bounded
 from deepseek.config.schema import OPTIMIZER_ARG_BOUNDS, Component, Config, DataSection
 from deepseek.errors import MAX_LINE, ConfigError  # noqa: F401  (ConfigError is defined low: data raises it too)
+from deepseek.models import template_kwargs
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
@@ -192,7 +193,11 @@ def check_components(raw: dict[str, Any], source: str) -> tuple[list[str], dict[
             problems.append(f"{source}: {prefix}.name: {bad_name}")
             continue
         try:
-            checked[prefix] = validate_kwargs(_REGISTRY_OF[kind], spec["name"], kwargs)
+            if kind == "model":  # the model's template fills what the config leaves out, as ds.models.build does
+                given = validate_kwargs(reg.models, spec["name"], {**template_kwargs(spec["name"]), **kwargs})
+                checked[prefix] = {k: v for k, v in given.items() if k in kwargs}  # the config keeps its own keys
+            else:
+                checked[prefix] = validate_kwargs(_REGISTRY_OF[kind], spec["name"], kwargs)
             found = [f"{source}: {prefix}.{p}" for p in _non_finite(checked[prefix])]
             if kind == "optim" and not found:
                 found = [f"{source}: {prefix}{p}" for p in _check_optimizer(spec["name"], checked[prefix])]

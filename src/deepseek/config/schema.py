@@ -69,7 +69,10 @@ class Component(BaseModel):
     """``{name: <registered name or import path>, **builder_kwargs}``."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1)
+    name: str = Field(
+        min_length=1,
+        description="A registered name or an import path (`my_pkg.module:Class`); a bare string means `{name: ...}`.",
+    )
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -87,43 +90,115 @@ class DataSection(Component):
     ``transforms`` run on each training sample's input in the loader's workers, seeded per sample.
     """
 
-    batch_size: PositiveInt = 64
-    val_batch_size: Optional[PositiveInt] = None
-    num_workers: NonNegativeInt = 0
-    shuffle: bool = True
-    drop_last: bool = False
-    preprocess: list[Any] = []  # run on every split's inputs (e.g. Tokenize, TruncatePad)
-    transforms: list[Any] = []  # training augmentations after preprocess: names or {type: Name, params: {...}}
+    batch_size: PositiveInt = Field(default=64, description="Training samples per batch on each process (rank).")
+    val_batch_size: Optional[PositiveInt] = Field(
+        default=None, description="Validation samples per batch on each process; null: the same as batch_size."
+    )
+    num_workers: NonNegativeInt = Field(
+        default=0, description="DataLoader worker processes per rank; 0 loads in the training process itself."
+    )
+    shuffle: bool = Field(
+        default=True, description="Reshuffle the training samples every epoch, seeded by train.seed (never validation)."
+    )
+    drop_last: bool = Field(default=False, description="Drop each epoch's last, incomplete training batch.")
+    preprocess: list[Any] = Field(
+        default=[],
+        description="Transforms run on every split's inputs and at prediction/serving time (e.g. Tokenize, "
+        "TruncatePad): names or {type: Name, params: {...}}.",
+    )
+    transforms: list[Any] = Field(
+        default=[],
+        description="Training-only augmentations run after preprocess, seeded per sample: names or "
+        "{type: Name, params: {...}}.",
+    )
 
 
 class EarlyStoppingSection(Strict):
-    monitor: str = "val/loss"
-    mode: Literal["min", "max"] = "min"
-    patience: PositiveInt = 3
-    min_delta: float = Field(default=0.0, ge=0.0)
+    monitor: str = Field(
+        default="val/loss", description="The validation value watched: `val/loss` or `val/<metric name>`."
+    )
+    mode: Literal["min", "max"] = Field(default="min", description="min: lower is better; max: higher is better.")
+    patience: PositiveInt = Field(
+        default=3, description="Validations in a row without improvement after which training stops."
+    )
+    min_delta: float = Field(
+        default=0.0, ge=0.0, description="How much the value must beat the best so far to count as an improvement."
+    )
 
 
 class TrainSection(Strict):
-    max_epochs: Optional[PositiveInt] = 10
-    max_steps: Optional[PositiveInt] = None
-    precision: Precision = "auto"
-    compile: Literal[False, True, "auto"] = False  # auto: keep compiled only where it measured faster
-    accumulate_grad_batches: PositiveInt = 1
-    grad_clip_norm: Optional[PositiveFloat] = None
-    ema_decay: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
-    gradient_checkpointing: bool = False  # for models with gradient_checkpointing_enable()
-    val_every_steps: Optional[PositiveInt] = None
-    val_every_epochs: Optional[PositiveInt] = 1
-    early_stopping: Optional[EarlyStoppingSection] = None
-    loss: Component = Component(name="cross_entropy")
-    metrics: list[Component] = [Component(name="accuracy")]
-    device: str = "auto"
-    seed: int = 0
-    deterministic: bool = False
-    on_nonfinite: NonFinite = "stop"  # a nan/inf loss: stop the run, skip that optimizer step, or train on
-    # How the model is distributed: auto (ddp on several ranks, else single_device), ddp, single_device, or a
-    # class by import path; other keys are its arguments (e.g. ddp's find_unused_parameters).
-    strategy: Component = Component(name="auto")
+    max_epochs: Optional[PositiveInt] = Field(
+        default=10, description="Stop after this many epochs; null: no epoch limit (then max_steps must be set)."
+    )
+    max_steps: Optional[PositiveInt] = Field(
+        default=None, description="Stop after this many optimizer steps; null: no step limit. With both, the first reached."
+    )
+    precision: Precision = Field(
+        default="auto",
+        description="auto (bf16-mixed on GPUs with bf16, else fp16-mixed; fp32 on CPU), fp32, bf16-mixed, fp16-mixed "
+        "(with a loss scaler), or progressive (fp16 per module, unstable modules promoted to fp32).",
+    )
+    compile: Literal[False, True, "auto"] = Field(
+        default=False,
+        description="Compile the model's forward with torch.compile (eager if compiling fails); auto: keep compiled "
+        "only where it measured faster.",
+    )
+    accumulate_grad_batches: PositiveInt = Field(
+        default=1, description="Batches whose gradients add up to one optimizer step (gradient accumulation)."
+    )
+    grad_clip_norm: Optional[PositiveFloat] = Field(
+        default=None, description="Clip the gradients' total norm to this before each optimizer step; null: no clipping."
+    )
+    ema_decay: Optional[float] = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Keep an exponential moving average of the weights with this decay, used for validation and "
+        "the final weights; null: no EMA.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass to save memory; only for models with "
+        "gradient_checkpointing_enable().",
+    )
+    val_every_steps: Optional[PositiveInt] = Field(
+        default=None, description="Also validate every this many optimizer steps; null: only as val_every_epochs says."
+    )
+    val_every_epochs: Optional[PositiveInt] = Field(
+        default=1, description="Validate at the end of every this many epochs; null: not at epoch ends."
+    )
+    early_stopping: Optional[EarlyStoppingSection] = Field(
+        default=None, description="Stop training when a validation value stops improving; null: off."
+    )
+    loss: Component = Field(
+        default=Component(name="cross_entropy"), description="The loss function (a registered loss) and its arguments."
+    )
+    metrics: list[Component] = Field(
+        default=[Component(name="accuracy")], description="Metrics computed at each validation, logged as `val/<name>`."
+    )
+    device: str = Field(
+        default="auto",
+        description="auto (this process's GPU when CUDA is present, else cpu), cpu, or an available accelerator "
+        "(cuda, cuda:1, mps); under torchrun each rank takes `cuda:<LOCAL_RANK>`.",
+    )
+    seed: int = Field(
+        default=0, description="Seeds Python, NumPy and torch, the data shuffling and the per-sample augmentations."
+    )
+    deterministic: bool = Field(
+        default=False,
+        description="Ask torch for deterministic algorithms (warning where there is none) and turn off cuDNN "
+        "benchmarking.",
+    )
+    on_nonfinite: NonFinite = Field(
+        default="stop",
+        description="What to do on a nan/inf loss: stop the run (stop), skip that optimizer step (skip), or train on "
+        "(ignore).",
+    )
+    strategy: Component = Field(
+        default=Component(name="auto"),
+        description="How the model is distributed: auto (ddp on several ranks, else single_device), ddp, "
+        "single_device, or a class by import path; other keys are its arguments (e.g. ddp's find_unused_parameters).",
+    )
 
     @field_validator("device")
     @classmethod
@@ -138,21 +213,43 @@ class TrainSection(Strict):
 
 
 class CheckpointSection(Strict):
-    every_steps: Optional[PositiveInt] = None
-    every_minutes: Optional[PositiveFloat] = 30.0
-    keep_last: PositiveInt = 3
-    monitor: str = "val/loss"
-    mode: Literal["min", "max"] = "min"
-    save_best: bool = True
+    every_steps: Optional[PositiveInt] = Field(
+        default=None, description="Save a checkpoint every this many optimizer steps; null: not by step count."
+    )
+    every_minutes: Optional[PositiveFloat] = Field(
+        default=30.0, description="Save a checkpoint once this many minutes have passed since the last; null: never by time."
+    )
+    keep_last: PositiveInt = Field(
+        default=3, description="How many of the newest checkpoints to keep; older ones are deleted, the best one is kept."
+    )
+    monitor: str = Field(
+        default="val/loss", description="The validation value that picks the best checkpoint: `val/loss` or `val/<metric name>`."
+    )
+    mode: Literal["min", "max"] = Field(default="min", description="min: lower monitor is better; max: higher is better.")
+    save_best: bool = Field(
+        default=True,
+        description="Save a checkpoint whenever the monitored value improves and name it in best.json; false: no best.",
+    )
 
 
 class LoggingSection(Strict):
-    every_steps: PositiveInt = 50
-    tensorboard: bool = True
-    progress: Literal["auto", "bar", "plain", "off"] = "auto"
-    # Where records and the summary go: jsonl, tensorboard, console or a class by import path
-    # ({name: my_mod:Recorder, **kwargs}). null: jsonl, tensorboard (unless tensorboard: false), console.
-    sinks: Optional[list[Component]] = None
+    every_steps: PositiveInt = Field(
+        default=50, description="Log a training record (train/loss, lr, samples_per_s, ...) every this many optimizer steps."
+    )
+    tensorboard: bool = Field(
+        default=True,
+        description="Write TensorBoard events (tb/ in the run directory); false also drops a tensorboard entry of sinks.",
+    )
+    progress: Literal["auto", "bar", "plain", "off"] = Field(
+        default="auto",
+        description="Console output: bar (a progress bar), plain (log lines), off (nothing), or auto (bar on a "
+        "terminal, else plain); `--progress` overrides it.",
+    )
+    sinks: Optional[list[Component]] = Field(
+        default=None,
+        description="Where records and the summary go: jsonl, tensorboard, console or a class by import path "
+        "({name: my_mod:Recorder, **kwargs}); null: jsonl, tensorboard (unless tensorboard: false), console.",
+    )
 
     def sink_specs(self) -> list[Component] | None:
         """The sinks to build, ``tensorboard`` applied: false removes it, true (when set) adds it; None: defaults."""
@@ -174,14 +271,28 @@ class LoggingSection(Strict):
 class Config(Strict):
     """A whole run: ``deepseek train CONFIG`` builds everything from this."""
 
-    model: Component
-    data: DataSection
-    optim: Component = Component(name="adamw")
-    scheduler: Optional[Component] = None
-    train: TrainSection = TrainSection()
-    checkpoint: CheckpointSection = CheckpointSection()
-    logging: LoggingSection = LoggingSection()
-    callbacks: list[Component] = []
+    model: Component = Field(description="The model to train: a registered model or import path, and its arguments.")
+    data: DataSection = Field(description="The dataset and its arguments, plus the data loader settings.")
+    optim: Component = Field(
+        default=Component(name="adamw"), description="The optimizer and its arguments (lr, weight_decay, ...)."
+    )
+    scheduler: Optional[Component] = Field(
+        default=None,
+        description="A learning-rate scheduler stepped after every optimizer step (given the run's total steps "
+        "when it takes total_steps); null: none.",
+    )
+    train: TrainSection = Field(
+        default=TrainSection(), description="The training loop: length, precision, validation, loss, metrics, device."
+    )
+    checkpoint: CheckpointSection = Field(
+        default=CheckpointSection(), description="When checkpoints are saved (under `<run_dir>/checkpoints`) and which are kept."
+    )
+    logging: LoggingSection = Field(
+        default=LoggingSection(), description="What is logged during training, how often, and where to."
+    )
+    callbacks: list[Component] = Field(
+        default=[], description="Extra callbacks (registered names or import paths, with arguments) the Trainer calls."
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-safe dict of the resolved config (defaults filled in)."""

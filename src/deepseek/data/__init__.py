@@ -13,25 +13,25 @@ from deepseek.data import datasets as _datasets  # noqa: F401  (registers the bu
 from deepseek.data.datasets import DatasetSplits, build_dataset
 from deepseek.data.distributed import DistributedDataset
 from deepseek.data.loader import ResumableDataLoader, ShardedSampler
-from deepseek.data.multimodal import (
-    AudioExtractor,
-    GraphTransformer,
+from deepseek.data.multimodal import (  # feature steps; the front ends (TextProcessor...) are in deepseek.multimodal
+    AudioFeatures,
+    GraphFeatures,
     MultimodalCollate,
-    PointCloud3D,
-    TextProcessor,
-    TimeSeriesNet,
-    VisionEncoder,
+    PointCloudFeatures,
+    TextFeatures,
+    TimeSeriesFeatures,
+    VisionFeatures,
 )  # fmt: skip
 from deepseek.data.transforms import Pipeline
 
 __all__ = [
-    "AudioExtractor",
-    "GraphTransformer",
+    "AudioFeatures",
+    "GraphFeatures",
     "MultimodalCollate",
-    "PointCloud3D",
-    "TextProcessor",
-    "TimeSeriesNet",
-    "VisionEncoder",
+    "PointCloudFeatures",
+    "TextFeatures",
+    "TimeSeriesFeatures",
+    "VisionFeatures",
     "DatasetSplits",
     "DistributedDataset",
     "Pipeline",

@@ -1,7 +1,7 @@
 """Built-in models: registered builders, each with a YAML template shipped in ``models/templates/``.
 
 ``ds.models.build('resnet50', num_classes=10)`` starts from the template's values and applies the
-overrides; a config's ``model: {name: resnet50, num_classes: 10}`` does the same through the registry.
+overrides; a config's ``model: {name: resnet50, num_classes: 10}`` goes through the same function.
 """
 
 from __future__ import annotations
@@ -29,16 +29,23 @@ def template(name: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
+def template_kwargs(name: str) -> dict[str, Any]:
+    """The builder arguments a registered model's template sets (``{}`` for an import path or no template):
+    what both :func:`build` and a config's ``model:`` section start from."""
+    if name not in registry:
+        return {}
+    return {k: v for k, v in template(name).get("model", {}).items() if k != "name"}
+
+
 def build(name: str | Mapping[str, Any], **overrides: Any) -> nn.Module:
-    """Build a registered model (case-insensitive) from its template with ``overrides``, or one named by import path."""
+    """Build a registered model (case-insensitive) from its template with ``overrides``, or one named by import path.
+
+    The one model-building path: configs (``model: {name: resnet50, num_classes: 10}``) come here too."""
     if isinstance(name, Mapping):  # a config's model section, {"name": ..., **overrides}
         if "name" not in name:
             raise ValueError(f"model: a mapping needs 'name' (a registered model or import path); got {sorted(name)}")
         return build(**{**name, **overrides})
-    if name not in registry:
-        return registry.build(name, **overrides)
-    kwargs = {k: v for k, v in template(name).get("model", {}).items() if k != "name"}
-    return registry.build(name, **{**kwargs, **overrides})
+    return registry.build(name, **{**template_kwargs(name), **overrides})
 
 
 def parameter_count(name: str, **overrides: Any) -> int:
@@ -52,4 +59,4 @@ def list_models() -> list[str]:
     return registry.names()
 
 
-__all__ = ["build", "list_models", "parameter_count", "registry", "template"]
+__all__ = ["build", "list_models", "parameter_count", "registry", "template", "template_kwargs"]

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
+
+from deepseek.nn.checkpointing import run_checkpointed
 
 
 class EncoderBlock(nn.Module):
@@ -39,7 +40,11 @@ class EncoderBlock(nn.Module):
 
 
 class GradientCheckpointing:
-    """Mixin: ``gradient_checkpointing_enable()`` recomputes each of ``self.blocks`` in backward."""
+    """Mixin: ``gradient_checkpointing_enable()`` recomputes each of ``self.blocks`` in backward.
+
+    The model's forward runs its blocks with :meth:`run_blocks` (or calls
+    :func:`~deepseek.nn.checkpointing.run_checkpointed` itself when ``self.checkpointing``).
+    """
 
     checkpointing = False
 
@@ -52,8 +57,5 @@ class GradientCheckpointing:
     def run_blocks(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
         """``x`` through every block in turn; ``args`` (e.g. a padding mask) go to every block unchanged."""
         for block in self.blocks:  # type: ignore[attr-defined]
-            if self.checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, *args, use_reentrant=False)
-            else:
-                x = block(x, *args)
+            x = run_checkpointed(block, x, *args) if self.checkpointing else block(x, *args)
         return x

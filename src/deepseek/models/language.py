@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deepseek.models.blocks import GradientCheckpointing
+from deepseek.nn.checkpointing import run_checkpointed
 from deepseek.registry import register_model
 
 Cache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -112,11 +113,9 @@ class GPT2(GradientCheckpointing, nn.Module):
         return self.head(self.ln_f(x)), presents
 
     def run_blocks_pairs(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, L, dim)`` through every block without a cache (each block returns ``(x, present)``)."""
         for block in self.blocks:
-            if self.checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(lambda t, b=block: b(t)[0], x, use_reentrant=False)
-            else:
-                x = block(x)[0]
+            x = (run_checkpointed(block, x) if self.checkpointing else block(x))[0]
         return x
 
     @torch.no_grad()
@@ -212,12 +211,7 @@ class Bert(GradientCheckpointing, nn.Module):
         )
         x = self.drop(self.emb_norm(x))
         pad = (mask == 0) if mask is not None else None
-        for block in self.blocks:
-            if self.checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, pad, use_reentrant=False)
-            else:
-                x = block(x, pad)
-        return x
+        return self.run_blocks(x, pad)
 
     def forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask, seg = (

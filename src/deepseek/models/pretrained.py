@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from deepseek.errors import MissingDependency
 from deepseek.models.language import drop_pooler_keys
+from deepseek.nn.checkpointing import checkpoint_modules
 from deepseek.registry import register_model
 
 
@@ -61,18 +62,15 @@ class MiniLMClassifier(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.dropout(self.embed(inputs)))
 
+    # The encoder's transformer layers (BertModel: encoder.layer.0 ...), checkpointed the way every ds model
+    # is rather than through transformers' own switch, whose name and arguments change between versions.
+    _LAYERS = r"encoder\.layer\.\d+"
+
     def gradient_checkpointing_enable(self) -> None:
-        # transformers renamed this to activation_checkpointing_* (the old name warns); use what exists
-        if hasattr(self.encoder, "activation_checkpointing_enable"):
-            self.encoder.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_modules(self.encoder, self._LAYERS)
 
     def gradient_checkpointing_disable(self) -> None:
-        if hasattr(self.encoder, "activation_checkpointing_disable"):
-            self.encoder.activation_checkpointing_disable()
-        else:
-            self.encoder.gradient_checkpointing_disable()
+        checkpoint_modules(self.encoder, self._LAYERS, enable=False)
 
 
 @register_model("minilm")

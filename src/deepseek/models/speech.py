@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
 from deepseek.models.blocks import GradientCheckpointing
+from deepseek.nn.checkpointing import checkpoint_modules
 from deepseek.registry import register_model
 
 
@@ -129,6 +130,17 @@ class Seq2SeqTransformer(GradientCheckpointing, nn.Module):
         self.src_embed, self.tgt_embed = nn.Embedding(src_vocab, d_model), nn.Embedding(tgt_vocab, d_model)
         self.core = nn.Transformer(d_model, heads, encoder_layers, decoder_layers, ff, dropout, batch_first=True)
         self.head, self.scale, self.pad_id = nn.Linear(d_model, tgt_vocab), math.sqrt(d_model), pad_id
+
+    # nn.Transformer loops over its layers itself, so each layer's forward is swapped for a checkpointed one.
+    _LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+    def gradient_checkpointing_enable(self) -> None:
+        super().gradient_checkpointing_enable()
+        checkpoint_modules(self.core, self._LAYERS)
+
+    def gradient_checkpointing_disable(self) -> None:
+        super().gradient_checkpointing_disable()
+        checkpoint_modules(self.core, self._LAYERS, enable=False)
 
     def embed(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         return table(ids) * self.scale + sinusoids(ids.shape[1], table.embedding_dim, ids.device)

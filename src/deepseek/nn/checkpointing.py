@@ -1,4 +1,8 @@
-"""Gradient checkpointing for chosen submodules of any model (``torch.utils.checkpoint`` underneath).
+"""Gradient checkpointing: the one mechanism every model uses (non-reentrant ``torch.utils.checkpoint``).
+
+:func:`run_checkpointed` runs one call (a block of a model) so that its activations are recomputed in
+backward instead of kept; the built-in models' ``gradient_checkpointing_enable()`` and
+:func:`checkpoint_modules` both go through it.
 
 ``checkpoint_modules(model, ["layers.0", "layers.1"])``, a regex, or module types: those modules
 recompute their forward during backward instead of keeping activations. Their parameters and
@@ -12,12 +16,26 @@ from __future__ import annotations
 import functools
 import re
 import types
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
+
+T = TypeVar("T")
+
+
+def run_checkpointed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` without keeping its intermediate activations: backward recomputes them.
+
+    Non-reentrant checkpointing (``use_reentrant=False``): keyword arguments, outputs that are tuples
+    of tensors, and inputs that need no gradient all work. Without autograd (evaluation, generation)
+    it is a plain call, as there is nothing to recompute.
+    """
+    if torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def _selected(model: nn.Module, targets: Sequence[str] | str | Sequence[type] | type) -> list[tuple[str, nn.Module]]:
@@ -63,6 +81,4 @@ def checkpoint_modules(
 def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The swapped-in ``forward``: ``self`` is looked up at call time, so a deep copy runs its own weights."""
     inner = self._ds_forward if self._ds_forward is not None else functools.partial(type(self).forward, self)
-    if torch.is_grad_enabled():
-        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
-    return inner(*args, **kwargs)
+    return run_checkpointed(inner, *args, **kwargs)

@@ -1,9 +1,10 @@
 """``ds.optim``: :mod:`torch.optim` and its LR schedulers, plus ds's registered builders.
 
 ``ds.optim.AdamW is torch.optim.AdamW`` and ``ds.optim.CosineAnnealingWarmRestarts is
-torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``. ds adds :class:`WarmupCosine`,
-:class:`MixedPrecision` (per-parameter dtypes with fp32 masters), :class:`MixedPrecisionTrainer`
-and the registry entries that configs use (``optim: {name: adamw, lr: 1e-3}``).
+torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``. ds adds :class:`WarmupCosine` and the
+registry entries that configs use (``optim: {name: adamw, lr: 1e-3}``), and re-exports
+:class:`MixedPrecision` (per-parameter dtypes with fp32 masters) and :class:`MixedPrecisionTrainer`,
+which live in :mod:`deepseek.amp` with the other precision code.
 ``deepseek.optimizer`` is another name for this module (document 004 imports from it).
 """
 
@@ -14,9 +15,8 @@ from typing import Any
 import torch.optim as _torch_optim
 import torch.optim.lr_scheduler as _torch_sched
 
+from deepseek.amp import MixedPrecision, MixedPrecisionTrainer, adaptive_clip_grad_
 from deepseek.optim.builders import build_optimizer, build_scheduler
-from deepseek.optim.mixed_precision import MixedPrecision
-from deepseek.optim.mp_trainer import MixedPrecisionTrainer, adaptive_clip_grad_
 from deepseek.optim.schedulers import WarmupCosine
 
 __all__ = [

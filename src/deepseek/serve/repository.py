@@ -154,17 +154,18 @@ def load_entry(e: Entry, root: Path, *, trust_code: bool = False) -> ServedModel
     elif path.suffix == ".safetensors":
         if not e.model or "name" not in e.model:
             raise ValueError("a .safetensors path needs `model: {name: <registered model>, ...kwargs}`")
+        from deepseek import models
         from deepseek.components import ComponentErrors, validate_kwargs
-        from deepseek.registry import models as model_registry
-        from deepseek.train.checkpoint import load_weights
+        from deepseek.runs import load_weights
 
         kwargs = {k: v for k, v in e.model.items() if k != "name"}
         with directory_code(trust_code):  # an import path in model.name: only when the operator trusts it
-            try:
-                kwargs = validate_kwargs(model_registry, e.model["name"], kwargs)
+            try:  # checked as built: the model's template first, as ds.models.build and configs do
+                template = models.template_kwargs(e.model["name"])
+                kwargs = validate_kwargs(models.registry, e.model["name"], {**template, **kwargs})
             except ComponentErrors as exc:
                 raise ValueError("; ".join(_component_problem(p, exc.allowed) for p in exc.errors)) from None
-            module = model_registry.build(e.model["name"], **kwargs)
+            module = models.build(e.model["name"], **kwargs)
         load_weights(module, path)
         decoder = callable(getattr(module, "stream", None))
         if not decoder and e.inputs is None:
@@ -210,7 +211,7 @@ def load_run(run_dir: Path, name: str, version: str, *, trust_code: bool = False
 
 def _load_run(run_dir: Path, name: str, version: str, trust_code: bool) -> ServedModel:
     from deepseek.data import Pipeline
-    from deepseek.train.run_reader import read_run
+    from deepseek.runs import read_run
 
     cfg, module = read_run(run_dir, trust_code=trust_code)
     if callable(getattr(module, "stream", None)):

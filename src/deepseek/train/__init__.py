@@ -1,10 +1,11 @@
 """Training: the Trainer, checkpoints, callbacks, metrics, precision and distributed set-up."""
 
+from deepseek.amp.policy import resolve_precision
 from deepseek.train import losses, task_metrics  # noqa: F401  (register the task losses and metrics)
 from deepseek.train.callbacks import CallbackList, EarlyStopping
 from deepseek.train.checkpoint import CheckpointError, CheckpointManager
+from deepseek.train.isolation import isolated_run
 from deepseek.train.metrics import Accuracy
-from deepseek.train.precision import resolve_precision
 from deepseek.train.rng import seed_everything
 from deepseek.train.trainer import Trainer
 
@@ -15,6 +16,7 @@ __all__ = [
     "CheckpointManager",
     "EarlyStopping",
     "Trainer",
+    "isolated_run",
     "resolve_precision",
     "seed_everything",
 ]

@@ -1,10 +1,23 @@
 """Duck-typed callbacks and the built-in ones.
 
 A callback is any object with some of these methods (all optional, all get the Trainer first):
-``on_train_start(trainer)``, ``on_epoch_start(trainer)``, ``on_step_end(trainer)``,
-``on_epoch_end(trainer)``, ``on_validation_end(trainer, metrics)``,
-``on_checkpoint(trainer, path)``, ``on_train_end(trainer)``. One with ``state_dict()`` and
-``load_state_dict(state)`` has its state saved in checkpoints and restored on resume.
+
+- ``on_train_start(trainer)``, ``on_epoch_start(trainer)``;
+- ``on_step_start(trainer)``: before the first micro-batch of an optimizer step;
+- ``on_before_optimizer_step(trainer, optimizer)``: once per optimizer step, with the gradients present,
+  already unscaled by the loss scaler (fp16-mixed) and not yet clipped (a step skipped for a nan/inf
+  loss has none; a ``deepseek.optim.MixedPrecision`` optimizer unscales its own gradients later);
+- ``on_step_end(trainer)``, ``on_epoch_end(trainer)``, ``on_validation_end(trainer, metrics)``;
+- ``on_save_checkpoint(trainer, state)``: may add entries to the dict a checkpoint's ``state.pt`` is
+  written from (tensors, numbers, strings, lists and dicts of them: it is read with ``weights_only=True``;
+  called on the main rank, which writes checkpoints); ``on_load_checkpoint(trainer, state)`` gets that
+  dict back on every rank when a run resumes from the checkpoint;
+- ``on_checkpoint(trainer, path)`` after a checkpoint is written;
+- ``on_exception(trainer, exc)`` when ``fit()`` fails; the exception then propagates unchanged;
+- ``on_train_end(trainer)``.
+
+One with ``state_dict()`` and ``load_state_dict(state)`` has its state saved in checkpoints and
+restored on resume, too.
 """
 
 from __future__ import annotations
@@ -20,17 +33,34 @@ HOOKS = CALLBACK_HOOKS  # the hooks the Trainer calls, named once in deepseek.pr
 
 
 class CallbackList:
-    """Pre-bound hook lists, so a hook no callback implements costs one empty loop per call."""
+    """Pre-bound hook lists: ``callbacks.on_step_start`` is the list of bound methods implementing that
+    hook (empty when none does), so the hot path guards a call with ``if callbacks.on_step_start:`` and a
+    hook no callback implements costs one truth test, no lookup."""
 
     def __init__(self, callbacks: list[Any]) -> None:
         self.callbacks = list(callbacks)
         self.hooks: dict[str, list[Callable[..., Any]]] = {
             h: [getattr(cb, h) for cb in self.callbacks if callable(getattr(cb, h, None))] for h in HOOKS
         }
+        for hook, bound in self.hooks.items():  # the same lists, as attributes
+            setattr(self, hook, bound)
 
     def __call__(self, hook: str, *args: Any) -> None:
         for fn in self.hooks[hook]:
             fn(*args)
+
+    def bind(self, hook: str, trainer: Any) -> Callable[..., None] | None:
+        """``hook`` of every callback as one function of the hook's other arguments, the Trainer bound first;
+        None when no callback implements it, so that the caller tests one attribute and calls nothing."""
+        bound = self.hooks[hook]
+        if not bound:
+            return None
+
+        def call(*args: Any) -> None:
+            for fn in bound:
+                fn(trainer, *args)
+
+        return call
 
     def state_dict(self) -> dict[str, Any]:
         return {

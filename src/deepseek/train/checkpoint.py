@@ -11,36 +11,40 @@ an arbitrary object. ``best.json`` names the best checkpoint, which pruning neve
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import re
 import shutil
 import time
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 
-MODEL_FILE, STATE_FILE, META_FILE, BEST_FILE = "model.safetensors", "state.pt", "meta.json", "best.json"
+# The read side of the checkpoint format lives in deepseek.runs (below train), so that serving and
+# `deepseek eval` read runs without the training layer; these names stay importable from here.
+from deepseek.runs import (  # noqa: F401
+    META_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    CheckpointError,
+    CheckpointMismatchError,
+    checkpoint_dirs,
+    latest_valid_checkpoint,
+    load_weights,
+    resolve_checkpoint,
+    verify,
+)
+from deepseek.runs import sha256_of as _sha256
+
+BEST_FILE = "best.json"  # MODEL_FILE, STATE_FILE, META_FILE: the format's files, defined in deepseek.runs
 # The rest of what a run writes into its run directory (the RunLogger's metrics log and TensorBoard
 # events, the Trainer's summary and final weights); `deepseek train` rewrites config.yaml itself.
 CHECKPOINT_DIR, METRICS_FILE, TB_DIR, SUMMARY_FILE, FINAL_WEIGHTS = (
     "checkpoints", "metrics.jsonl", "tb", "summary.json", "final/model.safetensors"
 )  # fmt: skip
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, partial or corrupt."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A sound checkpoint whose weights do not fit the model (another architecture or size)."""
 
 
 class DiskFullError(OSError):
@@ -90,28 +94,31 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a fsynced temporary file and a rename: all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _atomic_write(path: Path, write_fn: Callable[[Path], None]) -> None:
+    """``write_fn(tmp)`` writes and fsyncs a temporary file beside ``path``, which then replaces ``path``:
+    ``path`` is the old file or the new one, never a partial one. On any error (Ctrl-C included) the
+    temporary file is removed; a full disk raises :class:`DiskFullError` (one line)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # remove_earlier_run knows this name
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write_fn(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         _raise_if_disk_full(exc, str(path))
         raise
-    _fsync_dir(path.parent)
+    _fsync_dir(path.parent)  # the rename itself survives a crash
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a fsynced temporary file and a rename: all or nothing."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(path, write)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -127,31 +134,7 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def save_weights_atomic(model: nn.Module, path: Path) -> None:
     """:func:`save_weights` through a temporary file and a rename: ``path`` is the old file or the new
     one, never a partial one; a full disk raises :class:`DiskFullError`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_weights(model, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        _raise_if_disk_full(exc, str(path))
-        raise
-    _fsync_dir(path.parent)
-
-
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Load a safetensors file into ``model``: an unreadable file raises :class:`CheckpointError`, weights
-    that do not fit the model :class:`CheckpointMismatchError`."""
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{Path(path).name} does not load ({exc.__class__.__name__}: {exc})") from None
-    except RuntimeError as exc:  # load_state_dict: size mismatches, one line each after a heading
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        first = lines[1] if len(lines) > 1 else lines[0] if lines else ""
-        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
-        raise CheckpointMismatchError(f"{path} does not fit the model: {first}{more}") from None
-    if strict and (missing or unexpected):
-        raise CheckpointMismatchError(f"{path}: missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
+    _atomic_write(path, lambda tmp: save_weights(model, tmp))
 
 
 class CheckpointManager:
@@ -205,12 +188,7 @@ class CheckpointManager:
 
     def checkpoints(self) -> list[Path]:
         """Complete-looking checkpoint directories, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        found = [
-            (int(m.group(1)), p) for p in self.directory.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
-        ]
-        return [p for _, p in sorted(found)]
+        return checkpoint_dirs(self.directory)
 
     def best(self) -> Path | None:
         try:
@@ -237,55 +215,7 @@ class CheckpointManager:
 
     def latest_valid(self) -> Path | None:
         """The newest checkpoint that verifies; corrupt or partial ones are skipped with a warning."""
-        for path in reversed(self.checkpoints()):
-            try:
-                verify(path)
-                return path
-            except CheckpointError as exc:
-                warnings.warn(f"skipping checkpoint {path}: {exc}", stacklevel=2)
-        return None
-
-
-def verify(path: Path) -> dict[str, Any]:
-    """Check ``meta.json`` and the size and SHA-256 of every file it lists (which must include the
-    weights and the state); return the metadata."""
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-        files = meta["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"no readable {META_FILE} ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(files, dict):
-        raise CheckpointError(f"{META_FILE}: 'files' is {files!r}, expected a mapping of file name to size and sha256")
-    for name in (MODEL_FILE, STATE_FILE):
-        expect = files.get(name)
-        if not (
-            isinstance(expect, dict) and isinstance(expect.get("size"), int) and isinstance(expect.get("sha256"), str)
-        ):
-            raise CheckpointError(f"{META_FILE}: files[{name!r}] is {expect!r}, expected {{size: int, sha256: str}}")
-    for name, expect in files.items():
-        if not isinstance(expect, dict):
-            raise CheckpointError(f"{META_FILE}: files[{name!r}] is {expect!r}, expected {{size: int, sha256: str}}")
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{name} is missing")
-        if f.stat().st_size != expect["size"]:
-            raise CheckpointError(f"{name} has {f.stat().st_size} bytes, expected {expect['size']}")
-        if _sha256(f) != expect["sha256"]:
-            raise CheckpointError(f"{name} does not match its SHA-256")
-    return meta
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from itself, a run directory or a checkpoints directory (newest valid)."""
-    p = Path(path)
-    if (p / META_FILE).is_file():
-        verify(p)
-        return p
-    for candidate in (p / "checkpoints", p):
-        latest = CheckpointManager(candidate).latest_valid()
-        if latest is not None:
-            return latest
-    raise CheckpointError(f"no valid checkpoint at '{path}'")
+        return latest_valid_checkpoint(self.directory)
 
 
 def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:

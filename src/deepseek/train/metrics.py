@@ -1,4 +1,4 @@
-"""Registered metrics and losses.
+"""Registered metrics (the losses are in :mod:`deepseek.train.losses`).
 
 A metric is any object with ``update(output, target)``, ``compute() -> float`` and ``reset()``.
 If it also has a ``state`` tensor of sums, the Trainer all-reduces it across ranks before
@@ -7,17 +7,11 @@ If it also has a ``state`` tensor of sums, the Trainer all-reduces it across ran
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from annotated_types import Ge, Lt
 
-from deepseek.registry import register_loss, register_metric
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from deepseek.registry import register_metric
 
 
 class SumRatio:
@@ -64,25 +58,6 @@ class MeanAbsoluteError(SumRatio):
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         err = (output.float() - target.float()).abs()
         self.state += torch.stack([err.sum().double().cpu(), torch.tensor(float(err.numel()), dtype=torch.float64)])
-
-
-# Losses are plain functions, not nn.Module instances: a module call costs ~5 us more per step.
-@register_loss("cross_entropy")
-def cross_entropy(label_smoothing: Annotated[float, Ge(0), Lt(1)] = 0.0) -> LossFn:
-    """Softmax cross-entropy on logits (N, C) and class indices (N,)."""
-    return functools.partial(F.cross_entropy, label_smoothing=label_smoothing) if label_smoothing else F.cross_entropy
-
-
-@register_loss("mse")
-def mse() -> LossFn:
-    """Mean squared error."""
-    return F.mse_loss
-
-
-@register_loss("l1")
-def l1() -> LossFn:
-    """Mean absolute error."""
-    return F.l1_loss
 
 
 def batch_size_of(batch: Any) -> int:

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from deepseek.amp.policy import PrecisionPolicy
 from deepseek.train.batching import move_to, split_batch
 from deepseek.train.distributed import DistInfo, all_reduce_sum
 from deepseek.train.metrics import batch_size_of
-from deepseek.train.precision import PrecisionPolicy
 from deepseek.train.strategy import SingleDevice
 
 ON_NONFINITE = ("stop", "skip", "ignore")
@@ -43,7 +43,8 @@ class OptimizerStep:
 
     ``model`` is the bare module (clipping, EMA); ``train_model`` is what runs forward (what
     ``strategy.setup`` wrapped ``model`` in); ``strategy`` (default: single device) gives the
-    no-sync context and gradient clipping.
+    no-sync context and gradient clipping. ``before_optimizer_step(optimizer)`` runs once per
+    optimizer step, with the gradients unscaled and not yet clipped.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class OptimizerStep:
         ema: Any = None,
         on_nonfinite: str = "stop",
         strategy: Any = None,
+        before_optimizer_step: Callable[[torch.optim.Optimizer], None] | None = None,
     ) -> None:
         if on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite: {on_nonfinite!r} is not allowed; use one of {', '.join(ON_NONFINITE)}")
@@ -72,6 +74,8 @@ class OptimizerStep:
         self.loss_fn, self.step_fn = loss_fn, step_fn
         self.policy, self.dist, self.device = policy, dist, device
         self.grad_clip_norm, self.scheduler, self.ema = grad_clip_norm, scheduler, ema
+        # The callbacks' on_before_optimizer_step, or None when no callback has it (then it costs one test).
+        self.before_optimizer_step = before_optimizer_step
         self._autocast, self._on_cpu, self._fp32 = policy.autocast, device.type == "cpu", policy.dtype is None
         # Modules that publish an auxiliary loss (ds.nn.MoE's load balancing) have it added to the loss.
         self._aux = [m for m in model.modules() if hasattr(m, "aux_loss")]
@@ -127,10 +131,13 @@ class OptimizerStep:
             self.nonfinite_loss = float(logged)
             self.optimizer.zero_grad(set_to_none=True)
             return logged, local
-        if self.grad_clip_norm is not None:
-            if scaler is not None:
+        if self.grad_clip_norm is not None or self.before_optimizer_step is not None:
+            if scaler is not None:  # callbacks and clipping see true gradients (unscale_ runs once per step)
                 scaler.unscale_(self.optimizer)
-            self.grad_norm = self._clip(self.grad_clip_norm)
+            if self.before_optimizer_step is not None:  # before clipping, as in Lightning
+                self.before_optimizer_step(self.optimizer)
+            if self.grad_clip_norm is not None:
+                self.grad_norm = self._clip(self.grad_clip_norm)
         skipped = False
         if scaler is not None:
             scaler.step(self.optimizer)

@@ -12,9 +12,11 @@ with these methods (no base class needed), named in a config by import path::
       strategy: {name: my_pkg.parallel:MyStrategy, some_kwarg: 1}
 
 The calls, in the Trainer's order: ``setup`` (after the model is on its device, EMA copied and
-compiled, and a resumed checkpoint loaded), then per step ``no_sync`` (only when a window has several
-micro-batches or ranks) and ``clip_grad_norm`` (only with ``grad_clip_norm``), ``eval_module`` per
-validation, the state-dict methods per checkpoint save or load, and ``teardown`` once when ``fit()`` ends.
+compiled, and BEFORE a resumed checkpoint is loaded: a sharding strategy wraps first, then takes its
+sharded state through ``load_model_state_dict`` / ``load_optimizer_state_dict``), then per step
+``no_sync`` (only when a window has several micro-batches or ranks) and ``clip_grad_norm`` (only with
+``grad_clip_norm``), ``eval_module`` per validation, the state-dict methods per checkpoint save or load
+(``model_state_dict`` also gives the ``final/`` weights), and ``teardown`` once when ``fit()`` ends.
 """
 
 from __future__ import annotations

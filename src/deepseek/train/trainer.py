@@ -30,9 +30,10 @@ import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from deepseek.amp.policy import PrecisionPolicy
 from deepseek.jit_compile import JitFunction, jit, unjit
 from deepseek.registry import metrics as metric_registry
-from deepseek.train.batching import split_batch, windows
+from deepseek.train.batching import windows
 from deepseek.train.callbacks import CallbackList, EarlyStopping, Monitor
 from deepseek.train.checkpoint import (
     CheckpointManager,
@@ -41,18 +42,17 @@ from deepseek.train.checkpoint import (
     write_json_atomic,
 )
 from deepseek.train.distributed import DistInfo, init_distributed, leaving_own_process_group, resolve_device
-from deepseek.train.evaluate import evaluate
 from deepseek.train.logger import RunLogger
-from deepseek.train.precision import PrecisionPolicy
 from deepseek.train.report import log_precision_events, run_summary, step_values
 from deepseek.train.step import ON_NONFINITE, OptimizerStep
-from deepseek.train.strategy import build_strategy
+from deepseek.train.strategy import ModelState, build_strategy
 from deepseek.train.trainer_state import TrainerState
+from deepseek.train.trainer_validation import TrainerValidation
 
 StepFn = Callable[[nn.Module, Any], Any]
 
 
-class Trainer(TrainerState):
+class Trainer(TrainerState, TrainerValidation):
     """Fit a model. See the module docstring; arguments mirror the config's ``train``, ``checkpoint``
     and ``logging`` sections. ``scheduler`` is an LR scheduler or ``f(optimizer, total_steps)``,
     stepped once per optimizer step. ``run_dir=None`` writes nothing to disk."""
@@ -170,14 +170,15 @@ class Trainer(TrainerState):
         self.scheduler = sched
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.keep_last) if self.run_dir else None
         self._wall_before = 0.0
-        resumed_from = self._restore(resume) if resume is not None else None
+        # Set up first, then load: a sharding strategy (FSDP) wraps the model before it takes its sharded state.
         self.train_model: nn.Module = self.strategy.setup(self.model, self.dist, self.device)
         self._strategy_set_up = True  # teardown() once, also when what follows fails
+        resumed_from = self._restore(resume) if resume is not None else None
         self._step = OptimizerStep(
             self.model, self.train_model, self.optimizer,
             loss_fn=self.loss_fn, step_fn=self.step_fn, policy=self.policy, dist=self.dist, device=self.device,
             grad_clip_norm=self.grad_clip_norm, scheduler=self.scheduler, ema=self.ema, on_nonfinite=self.on_nonfinite,
-            strategy=self.strategy,
+            strategy=self.strategy, before_optimizer_step=self.callbacks.bind("on_before_optimizer_step", self),
         )  # fmt: skip
         self.logger = None
         if self.dist.is_main:
@@ -206,10 +207,15 @@ class Trainer(TrainerState):
     # ------------------------------------------------------------------------------------- fit
     @classmethod
     def from_config(cls, config: Any, overrides: list[str] | None = None, run_dir: str | Path | None = None) -> Trainer:
-        """A Trainer built from a YAML path or :class:`~deepseek.config.Config`; ``fit()`` then needs no data."""
-        from deepseek.train.build import trainer_from_config
+        """A Trainer built from a YAML path or :class:`~deepseek.config.Config`; ``fit()`` then needs no data.
 
-        return trainer_from_config(config, overrides, run_dir)
+        A subclass's ``from_config`` builds the subclass. The builders (:mod:`deepseek.train.assemble`) return
+        the Trainer's arguments and never import the Trainer, so this import makes no cycle."""
+        from deepseek.config import Config, load_config
+        from deepseek.train.assemble import assemble
+
+        cfg = config if isinstance(config, Config) else load_config(config, overrides or [])
+        return assemble(cfg, run_dir).make_trainer(cls)
 
     def fit(
         self,
@@ -245,6 +251,10 @@ class Trainer(TrainerState):
         with leaving_own_process_group():
             try:
                 return self._run(train_data, val_data, resume)
+            except BaseException as exc:
+                for hook in self.callbacks.on_exception:  # then the exception propagates unchanged
+                    hook(self, exc)
+                raise
             finally:
                 self._teardown_strategy()
                 self._unlock_run_dir()
@@ -292,11 +302,15 @@ class Trainer(TrainerState):
         )
 
     def _loop(self, train_data: Iterable[Any], val_data: Iterable[Any] | None) -> None:
+        step_start = self.callbacks.on_step_start  # pre-bound: empty unless a callback implements it
         while not self._done():
             batches = self._epoch_batches(train_data)
             self.train_model.train()
             self.callbacks("on_epoch_start", self)
             for window, epoch_end in windows(batches, self.accumulate_grad_batches):
+                if step_start:
+                    for hook in step_start:
+                        hook(self)
                 loss, samples = self._step(window)
                 if self._step.nonfinite_loss is not None:  # the optimizer did not step: stop (raise), or count it
                     self.nonfinite_steps = self._step.refuse_nonfinite(self.global_step + 1, self.logger)
@@ -361,54 +375,6 @@ class Trainer(TrainerState):
         epoch = self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
         self.logger.log_step(self.global_step, epoch, values)  # type: ignore[union-attr]
 
-    # ------------------------------------------------------------------------------ validation
-    def _validate_and_track(self, val_data: Iterable[Any]) -> bool:
-        metrics = self.validate(val_data)
-        self._last_val_step = self.global_step
-        if self.logger:
-            self.logger.log_validation(self.global_step, self.epoch, metrics)
-        self.callbacks("on_validation_end", self, metrics)
-        if not self.save_best or self.best.monitor not in metrics:
-            return False
-        return self.best.improved(metrics[self.best.monitor])
-
-    def validate(self, val_data: Iterable[Any]) -> dict[str, float]:
-        """``val/loss`` and ``val/<metric>`` over ``val_data`` (EMA weights when EMA is on), over all ranks."""
-        info: DistInfo = getattr(self, "dist", DistInfo())
-        if info.enabled and not torch.distributed.is_initialized():
-            raise RuntimeError(
-                f"validate() over {info.world_size} ranks needs a process group: fit() left the one it created; "
-                "create it yourself (torch.distributed.init_process_group) before fit() to keep it afterwards"
-            )
-        if getattr(self, "ema", None) is not None:
-            model = self.ema.module
-        elif self.__dict__.get("_strategy_set_up"):  # during fit()
-            model = self.strategy.eval_module(self.model, self.train_model)
-        else:
-            model = self.model
-        policy = getattr(self, "policy", None)
-        if policy is None:  # before fit(); progressive precision has promoted nothing yet, so fp32
-            precision = "fp32" if self.precision_arg == "progressive" else self.precision_arg
-            policy = PrecisionPolicy.create(precision, self.device)
-        self.last_val_metrics = evaluate(
-            model,
-            val_data,
-            self._eval_step,
-            self.metrics,
-            device=self.device,
-            autocast=policy.autocast,
-            dist=info,
-        )
-        return self.last_val_metrics
-
-    def _eval_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
-        if self.step_fn is not None:
-            out = self.step_fn(model, batch)
-            return (out[0], out[1], out[2]) if isinstance(out, tuple) else (out, None, None)
-        inputs, targets = split_batch(batch)
-        outputs = model(inputs)
-        return self.loss_fn(outputs, targets), outputs, targets
-
     # ---------------------------------------------------------------------------------- finish
     def _finish(self, val_data: Iterable[Any] | None) -> dict[str, Any]:
         if self.logger and self._losses:
@@ -421,9 +387,8 @@ class Trainer(TrainerState):
         summary = run_summary(self)
         if self.dist.is_main and self.run_dir is not None:
             (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
-            save_weights_atomic(
-                self.ema.module if self.ema is not None else self.model, self.run_dir / "final" / "model.safetensors"
-            )
+            final = ModelState(self.strategy, self.ema.module if self.ema is not None else self.model)
+            save_weights_atomic(final, self.run_dir / "final" / "model.safetensors")  # type: ignore[arg-type]
             write_json_atomic(self.run_dir / "summary.json", summary)
         self.callbacks("on_train_end", self)
         if self.logger:

@@ -6,10 +6,13 @@ is the only class that mixes this in, and it provides every attribute used here.
 
 from __future__ import annotations
 
+import io
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from deepseek.train import rng
 from deepseek.train.checkpoint import (
@@ -59,7 +62,12 @@ class TrainerState:
         if best:
             self.best_checkpoint = f"step-{self.global_step:08d}"
         weights = ModelState(self.strategy, self.model)
-        path = self.ckpt.save(self.global_step, weights, self.state_dict(), best=record)  # type: ignore[arg-type]
+        state = self.state_dict()
+        if self.callbacks.on_save_checkpoint:  # callbacks may add entries of their own
+            own = set(state)
+            self.callbacks("on_save_checkpoint", self, state)
+            _check_loadable({k: v for k, v in state.items() if k not in own})
+        path = self.ckpt.save(self.global_step, weights, state, best=record)  # type: ignore[arg-type]
         self._last_ckpt_step, self._t_ckpt = self.global_step, time.monotonic()
         self.callbacks("on_checkpoint", self, path)
         return path
@@ -122,3 +130,21 @@ class TrainerState:
         if missing := [k for k in needed if k not in state]:
             raise CheckpointError(f"state.pt lacks {', '.join(missing)}")
         self.load_state_dict(state)
+        self.callbacks("on_load_checkpoint", self, state)  # what on_save_checkpoint added, back
+
+
+def _check_loadable(added: dict[str, Any]) -> None:
+    """Refuse, when it is saved, an entry a callback added that resuming could not read back: ``state.pt`` is
+    loaded with ``weights_only=True`` (tensors, numbers, strings, lists, tuples and dicts of them)."""
+    for key, value in added.items():
+        buffer = io.BytesIO()
+        try:
+            torch.save(value, buffer)
+            buffer.seek(0)
+            torch.load(buffer, weights_only=True)
+        except Exception as exc:
+            raise TypeError(
+                f"on_save_checkpoint added {key!r} of type {type(value).__name__}, which a resume cannot load "
+                f"(state.pt is read with torch.load(weights_only=True)): store tensors, numbers, strings, "
+                f"lists and dicts of them; {str(exc).splitlines()[0]}"
+            ) from None

@@ -1,4 +1,4 @@
-"""deepseek.train.run_reader: a run directory (config.yaml + final weights) -> the trained model, no dataset."""
+"""deepseek.runs: a run directory (config.yaml + final weights) -> the trained model, no dataset."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from safetensors.torch import save_model
 
 from deepseek.config import ConfigError
 from deepseek.registry import models
-from deepseek.train.run_reader import read_run
+from deepseek.runs import read_run
 from tests.conftest import write_yaml
 
 

@@ -10,7 +10,7 @@
   2000 overflow-free steps and halving (with the step skipped) on inf/NaN gradients.
 - FP32 master weights: the model's parameters stay fp32 and are what the optimizer updates;
   autocast runs the forward in fp16 from them. (For parameters *stored* in fp16/bf16 with
-  separate fp32 masters, use :class:`deepseek.optim.MixedPrecision` as the optimizer.)
+  separate fp32 masters, use :class:`deepseek.amp.MixedPrecision` as the optimizer.)
 - Adaptive gradient clipping (``clip="adaptive"``): unit-wise AGC as in NFNets (Brock et al.,
   2021). Each output unit's gradient is clipped to ``clip_factor`` times that unit's weight norm.
   Chosen over a running-percentile threshold because it needs no warm-up history or state to

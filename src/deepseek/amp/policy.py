@@ -1,4 +1,4 @@
-"""Precision policy: which autocast dtype (if any) and whether fp16 needs a loss scaler.
+"""Precision policy (``train.precision``): which autocast dtype (if any) and whether fp16 needs a loss scaler.
 
 ``auto`` picks the fastest safe choice: bf16-mixed on CUDA GPUs with native bf16, fp16-mixed on
 older GPUs, and fp32 on CPUs. CPU autocast to bf16 was measured 7x-25x slower than fp32 on an AVX2
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from deepseek.amp import ProgressivePrecision
+from deepseek.amp.progressive import ProgressivePrecision
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "progressive")
 _DTYPES = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
