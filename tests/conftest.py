@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +44,22 @@ def user_module(tmp_path: Path):
         return {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
 
     return write
+
+
+@pytest.fixture
+def one_rank_group():
+    """A gloo group of one rank in this process, on a port the OS picked; yields its ``DistInfo``."""
+    import torch
+    import torch.distributed as dist
+
+    from deepseek.train.distributed import DistInfo
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = dist.TCPStore("127.0.0.1", port, 1, is_master=True, timeout=timedelta(seconds=30))
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=timedelta(seconds=30))
+    try:
+        yield DistInfo(0, 0, 1, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()

@@ -115,16 +115,19 @@ class LogSink(Protocol):
 
 @runtime_checkable
 class Strategy(Protocol):
-    """How a model is distributed (single process, DDP, and later FSDP or tensor parallel).
+    """How a model is distributed (single process, DDP, FSDP/ZeRO, and later tensor parallel).
 
     ``setup(model, dist, device)`` returns the module to train (``model`` itself, or wrapped for
     gradient sync; ``dist`` is the run's ``DistInfo``); ``no_sync(train_model)`` is the context for
     micro-steps that must skip gradient sync; ``clip_grad_norm(model, max_norm)`` clips and returns the
     total norm before clipping (a scalar tensor); the state-dict methods give and take what a checkpoint
     stores; ``eval_module(model, train_model)`` is the module validation runs; ``teardown(train_model)``
-    undoes ``setup`` and returns the bare model."""
+    undoes ``setup`` and returns the bare model. ``setup_optimizer(optimizer, model)``, called once after
+    ``setup``, returns the optimizer to train with (re-pointed at sharded parameters, or wrapped, as
+    ZeRO-1 does); the Trainer treats it as optional, so a user's strategy may leave it out."""
 
     def setup(self, model: nn.Module, dist: Any, device: torch.device) -> nn.Module: ...
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer: ...
     def no_sync(self, train_model: nn.Module) -> AbstractContextManager[Any]: ...
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor: ...
     def model_state_dict(self, model: nn.Module) -> dict[str, Any]: ...

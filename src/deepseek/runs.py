@@ -5,6 +5,16 @@ The one place that turns a run directory (or a checkpoint, or a weights file) ba
 (docs/architecture.md), so serving never imports the training layer: it builds no dataset, loader,
 optimizer or Trainer. The checkpoint *format* (file names, ``meta.json`` verification, loading weights)
 lives here too; :mod:`deepseek.train.checkpoint` writes that format and imports these back.
+
+Format versions. Each checkpoint's ``meta.json`` carries ``"format_version"`` and each run directory a
+``format.json`` (``{"format_version": N}``, written when training claims the directory: a run resumed by
+this release is marked with this release's version, which reads every older one). A missing version is
+version 0, the layout before versions existed (tests/fixtures/run_v1), and still reads. A version newer
+than :data:`FORMAT_VERSION` raises :class:`FormatVersionError` (one line; the CLI exits 2) wherever the
+checkpoint or run is read -- also under ``--resume auto``: such a checkpoint is not damaged, so it is
+refused rather than skipped for an older one (resuming behind it would silently drop what a newer
+release wrote, then mix two formats in one run). A ``format_version`` that is no non-negative integer is
+damage, skipped like a bad SHA-256.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ from deepseek.config import Config
 from deepseek.config.trust import load_directory_config
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE, FORMAT_FILE = "config.yaml", "format.json"
+FORMAT_VERSION = 1  # the newest checkpoint / run directory layout this release writes and reads
 FINAL_WEIGHTS = Path("final") / MODEL_FILE
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -38,7 +49,52 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointMismatchError(CheckpointError):
-    """A sound checkpoint whose weights do not fit the model (another architecture or size)."""
+    """A sound checkpoint whose weights do not fit the model (another architecture or size): not damage,
+    so resuming stops on it instead of skipping to an older checkpoint."""
+
+
+class FormatVersionError(CheckpointMismatchError):
+    """A checkpoint or run directory written in a newer format than this release reads (not damage either)."""
+
+
+def _version_of(record: dict[str, Any], where: str) -> int:
+    """``record["format_version"]`` (0 when absent); CheckpointError when it is no non-negative integer."""
+    version = record.get("format_version", 0)
+    if type(version) is not int or version < 0:  # bool is an int subclass; JSON true is no version
+        raise CheckpointError(f"{where}: format_version is {version!r}, expected a non-negative integer")
+    return version
+
+
+def _refuse_newer(version: int, what: str) -> None:
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{what} has format version {version}; this deepseek reads up to {FORMAT_VERSION}: upgrade deepseek"
+        )
+
+
+def check_run_format(run_dir: str | Path) -> int:
+    """The format version of ``run_dir`` (0: no ``format.json``); :class:`FormatVersionError` when it, or
+    any of its checkpoints' ``meta.json``, is newer than this release reads. Reads small JSON files only
+    (no hashing): an unreadable checkpoint ``meta.json`` is left to :func:`verify`."""
+    run_dir = Path(run_dir)
+    path = run_dir / FORMAT_FILE
+    version = 0
+    if path.exists():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} does not read ({exc.__class__.__name__}: {exc})") from None
+        if not isinstance(record, dict):
+            raise CheckpointError(f'{path} holds {record!r}, expected {{"format_version": int}}')
+        version = _version_of(record, str(path))
+        _refuse_newer(version, f"run directory {run_dir}")
+    for ckpt in checkpoint_dirs(run_dir / "checkpoints"):
+        try:
+            ckpt_version = _version_of(json.loads((ckpt / META_FILE).read_text()), META_FILE)
+        except (OSError, ValueError, AttributeError, CheckpointError):
+            continue  # damage, which verify() reports where this checkpoint is read
+        _refuse_newer(ckpt_version, f"checkpoint {ckpt}")
+    return version
 
 
 # ------------------------------------------------------------------------------ the checkpoint format
@@ -74,6 +130,8 @@ def verify(path: Path) -> dict[str, Any]:
         files = meta["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"no readable {META_FILE} ({exc.__class__.__name__}: {exc})") from None
+    # first: a newer format may list other files
+    _refuse_newer(_version_of(meta, META_FILE), f"checkpoint {path}")
     if not isinstance(files, dict):
         raise CheckpointError(f"{META_FILE}: 'files' is {files!r}, expected a mapping of file name to size and sha256")
     for name in (MODEL_FILE, STATE_FILE):
@@ -110,6 +168,8 @@ def latest_valid_checkpoint(directory: str | Path) -> Path | None:
         try:
             verify(path)
             return path
+        except FormatVersionError:  # not damage: refused, not skipped for an older checkpoint
+            raise
         except CheckpointError as exc:
             warnings.warn(f"skipping checkpoint {path}: {exc}", stacklevel=2)
     return None
@@ -119,8 +179,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from itself, a run directory or a checkpoints directory (newest valid)."""
     p = Path(path)
     if (p / META_FILE).is_file():
+        check_run_format(p.parent.parent)  # the run it belongs to
         verify(p)
         return p
+    check_run_format(p.parent if p.name == "checkpoints" else p)
     for candidate in (p / "checkpoints", p):
         latest = latest_valid_checkpoint(candidate)
         if latest is not None:
@@ -154,6 +216,7 @@ def find_trained_weights(checkpoint: str | Path) -> TrainedWeights:
         path = path / MODEL_FILE  # final/: weights alone, no training state
     if path.is_file():
         if path.parent.name == "final":  # the Trainer writes the EMA average there when EMA is on
+            check_run_format(path.parent.parent)
             ema = _run_used_ema(path.parent.parent / CONFIG_FILE)
             note = {True: "EMA weights", False: "raw weights (the run had no EMA)"}.get(
                 ema, "the EMA average if the run trained with train.ema_decay"
@@ -191,6 +254,7 @@ def load_trained_weights(model: nn.Module, checkpoint: str | Path | TrainedWeigh
 
 def read_run_config(run_dir: str | Path, *, trust_code: bool = False) -> Config:
     """The run's resolved config; without ``trust_code`` it may name registered components only."""
+    check_run_format(run_dir)
     return load_directory_config(Path(run_dir) / CONFIG_FILE, trust_code=trust_code)
 
 

@@ -8,14 +8,11 @@ Trainer's choice of strategy, and a user's plain class named by import path in a
 from __future__ import annotations
 
 import re
-import socket
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -34,18 +31,6 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-@pytest.fixture
-def one_rank_group():
-    """A gloo group of one rank in this process, on a port the OS picked."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = dist.TCPStore("127.0.0.1", port, 1, is_master=True, timeout=timedelta(seconds=30))
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=timedelta(seconds=30))
-    try:
-        yield DistInfo(0, 0, 1, CPU)
-    finally:
-        dist.destroy_process_group()
 
 
 def _conforms(strategy, info: DistInfo) -> nn.Module:

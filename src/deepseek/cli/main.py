@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deepseek.cli import compress_cmd, export_cmd, serve_cmd
+from deepseek.cli import compress_cmd, export_cmd, launch_cmd, plan_cmd, serve_cmd
 from deepseek.cli import run_dir as run_dirs
 from deepseek.cli.dispatch import run_command
 from deepseek.cli.errors import UsageError
@@ -100,9 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
     from deepseek.train.build import build_run
-    from deepseek.train.distributed import die_with_torchrun_agent, shutdown_distributed
+    from deepseek.train.distributed import adopt_launcher_env, die_with_torchrun_agent, shutdown_distributed
 
     die_with_torchrun_agent()  # a killed `deepseek launch` must not leave ranks training as orphans
+    adopt_launcher_env()  # ranks from mpirun / srun: RANK (which one is the main rank) before anything reads it
     path, overrides = _config_and_overrides(args)
     cfg = load_config(path, overrides)
     run_dir = _choose_run_dir(args, cfg)
@@ -217,6 +218,9 @@ def _count(model: str) -> str:
 def cmd_launch(args: argparse.Namespace) -> int:
     import subprocess
 
+    from deepseek.cli.launch_cmd import check_launch_options, torchrun_command
+
+    check_launch_options(args)
     path, overrides = _config_and_overrides(args)
     from deepseek.config import load_config
     from deepseek.train.run_lock import check_run_dir_unlocked
@@ -225,20 +229,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if not args.run_dir and args.resume == "auto":  # the ranks continue the run picked here
         args.run_dir = str(run_dirs.pick_latest_run(Path("runs"), _resolved(cfg)["model"]))
     run_dir = args.run_dir or str(_new_run_dir(cfg.model.name))
-    with run_dirs.removed_if_unused_on_error(Path(run_dir), main=True):
-        run_dirs.prepare_run_dir(Path(run_dir))
-        check_run_dir_unlocked(run_dir)
-        _check_run_dir(args, run_dir)
-        if args.resume:
-            run_dirs.check_resume_config(run_dirs.resume_sources(Path(run_dir), args.resume), _resolved(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
-    cmd += ["-m", "deepseek", "train", path, *overrides, "--run-dir", run_dir]
-    if args.resume:
-        cmd += ["--resume", args.resume]
-    if args.overwrite:
-        cmd += ["--overwrite"]
-    if args.progress:
-        cmd += ["--progress", args.progress]
+    if args.node_rank == 0:  # node 0 checks the run directory the nodes share; the others only join
+        with run_dirs.removed_if_unused_on_error(Path(run_dir), main=True):
+            run_dirs.prepare_run_dir(Path(run_dir))
+            check_run_dir_unlocked(run_dir)
+            _check_run_dir(args, run_dir)
+            if args.resume:
+                run_dirs.check_resume_config(run_dirs.resume_sources(Path(run_dir), args.resume), _resolved(cfg))
+    cmd = torchrun_command(args, path, overrides, run_dir)
     print("launching: " + " ".join(cmd), flush=True)
     from deepseek.train.distributed import die_with_parent
 
@@ -298,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_parser(sub)
     compress_cmd.add_parser(sub)
     serve_cmd.add_parser(sub)
-    p = sub.add_parser("launch", help="run `deepseek train` under torchrun on N local processes")
-    p.add_argument("--nproc", type=int, required=True, help="processes on this machine")
+    plan_cmd.add_parser(sub)
+    p = sub.add_parser("launch", help="run `deepseek train` under torchrun: N ranks per node, one node or several")
+    launch_cmd.add_launch_options(p)
     train_like(p)
     p.set_defaults(fn=cmd_launch)
     return parser

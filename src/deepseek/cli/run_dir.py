@@ -79,9 +79,15 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir`` (and its parents) or raise a one-line :class:`UsageError` saying why it cannot be one."""
+    """Create ``run_dir`` (and its parents) or raise a one-line :class:`UsageError` saying why it cannot be one;
+    a run directory (or checkpoint) in a newer format than this release reads raises a FormatVersionError,
+    before anything (a config.vN.yaml included) is written into it."""
+    from deepseek.runs import check_run_format
+
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--run-dir '{run_dir}' is a file, not a directory; give a directory (new or a run's)")
+    if run_dir.is_dir():
+        check_run_format(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"  # one per process: ranks run this at once
@@ -96,14 +102,17 @@ def removed_if_unused_on_error(run_dir: Path, *, main: bool) -> Iterator[None]:
     """Run a block that may create ``run_dir``; if it created it and fails while the directory holds
     nothing but the run lock, remove it again (on the ``main`` process only: a refused or broken
     command leaves no empty ``runs/<time>-<model>/`` behind)."""
+    from deepseek.runs import FORMAT_FILE
     from deepseek.train.run_lock import LOCK_FILE
 
     created = not run_dir.exists()
     try:
         yield
     except BaseException:
-        if created and main and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+        # the Trainer marks a directory it claims with format.json, which alone is no run either
+        if created and main and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE, FORMAT_FILE}:
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            (run_dir / FORMAT_FILE).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
         raise

@@ -135,12 +135,36 @@ def load_config(
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([explain_error(source, err, Config) for err in exc.errors()] + problems) from None
+    problems += parallel_problems(cfg, source)
     if problems:
         raise ConfigError(problems)
     for prefix, comp in _component_sections(cfg):
         for k, v in checked.get(prefix, {}).items():
             setattr(comp, k, v)  # builder arguments, type-coerced (e.g. "1e-3" -> 1e-3)
     return cfg
+
+
+_REPLICATED_STRATEGIES = ("auto", "ddp", "single_device", "single")  # what parallel.zero_stage 0 agrees with
+
+
+def parallel_problems(cfg: Config, source: str) -> list[str]:
+    """``parallel`` and an explicit ``train.strategy`` must agree: zero_stage 0 goes with auto/ddp/single_device,
+    1-3 with auto/fsdp (and fsdp's own arguments, where given, must equal parallel's). The world size is not
+    known here: the degrees are checked against it by ``deepseek plan`` and at the start of every run."""
+    par, strategy = cfg.parallel, cfg.train.strategy
+    if par is None or strategy.name.lower() == "auto":
+        return []
+    name = strategy.name.lower()
+    selected = "ddp" if par.zero_stage == 0 else "fsdp"
+    allowed = _REPLICATED_STRATEGIES if par.zero_stage == 0 else ("auto", "fsdp")
+    if name not in allowed:
+        return [f"{source}: train.strategy: {shown(strategy.name)} contradicts parallel.zero_stage: {par.zero_stage}, "
+                f"which selects '{selected}'; allowed: train.strategy one of {', '.join(allowed)}, or remove one "
+                "of the two"]  # fmt: skip
+    own = par.model_dump()
+    return [f"{source}: train.strategy.{key}: {shown(value)} contradicts parallel.{key}: {shown(own[key])}; "
+            "give it in one place"
+            for key, value in strategy.kwargs.items() if key in own and value != own[key]]  # fmt: skip
 
 
 _DEFAULT_COMPONENTS = {"optim": "adamw", "train.loss": "cross_entropy"}

@@ -212,6 +212,69 @@ class TrainSection(Strict):
         return self
 
 
+PARALLEL_LATER = "tensor and pipeline parallelism come in the next issue; allowed now: 1"
+
+
+class ParallelSection(Strict):
+    """How the world of ranks is split (torchtitan's names): ``dp_replicate x dp_shard x tp x pp`` ranks.
+
+    It picks the strategy: ``zero_stage`` 0 is plain DDP over ``dp_replicate x dp_shard`` ranks (one process:
+    no wrapper); 1, 2 and 3 are FSDP2 (``fsdp``) sharding over ``dp_shard`` ranks, and HSDP (replicas of the
+    shards) when ``dp_replicate`` > 1. ``train.strategy`` stays the explicit override; both given must agree.
+    """
+
+    dp_replicate: PositiveInt = Field(
+        default=1, description="Data-parallel replicas (HSDP's replicate dimension): each holds the whole sharded model."
+    )
+    dp_shard: int = Field(
+        default=-1,
+        ge=-1,
+        description="Data-parallel ranks that shard parameters, gradients and optimizer state between them; -1: "
+        "the rest of the world (world / (dp_replicate x tp x pp)).",
+    )
+    tp: PositiveInt = Field(default=1, description=f"Tensor-parallel degree; {PARALLEL_LATER}.")
+    pp: PositiveInt = Field(default=1, description=f"Pipeline-parallel degree; {PARALLEL_LATER}.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        default=0,
+        description="0: plain DDP (all state replicated); 1: optimizer state sharded; 2: also gradients; 3: also "
+        "parameters (FSDP2 full sharding).",
+    )
+    reshard_after_forward: Optional[bool] = Field(
+        default=None,
+        description="FSDP2: free each block's gathered parameters after its forward (gathered again in backward); "
+        "null: true for zero_stage 3, false for 1 and 2.",
+    )
+    cpu_offload: bool = Field(
+        default=False, description="FSDP2: keep the sharded parameters, gradients and optimizer state in host memory."
+    )
+
+    @field_validator("dp_shard")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be a positive number of ranks, or -1 for the rest of the world")
+        return value
+
+    @field_validator("tp", "pp")
+    @classmethod
+    def _later(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(PARALLEL_LATER)
+        return value
+
+    @model_validator(mode="after")
+    def _fits_the_stage(self) -> ParallelSection:
+        stage, reshard = self.zero_stage, self.reshard_after_forward
+        if reshard is not None and reshard != (stage == 3):  # what fsdp's strategy accepts
+            raise ValueError(f"reshard_after_forward: {reshard} contradicts zero_stage: {stage}; allowed: null, or "
+                             "true with zero_stage 3 (false is ZeRO-2; ZeRO-0/1 do not shard parameters)")  # fmt: skip
+        if stage <= 1 and (self.cpu_offload or (stage == 1 and self.dp_replicate != 1)):
+            raise ValueError(f"zero_stage: {stage} replicates parameters over the whole data-parallel world; "
+                             "allowed: cpu_offload: false and dp_replicate: 1 (HSDP and offload need zero_stage "
+                             "2 or 3)")  # fmt: skip
+        return self
+
+
 class CheckpointSection(Strict):
     every_steps: Optional[PositiveInt] = Field(
         default=None, description="Save a checkpoint every this many optimizer steps; null: not by step count."
@@ -283,6 +346,11 @@ class Config(Strict):
     )
     train: TrainSection = Field(
         default=TrainSection(), description="The training loop: length, precision, validation, loss, metrics, device."
+    )
+    parallel: Optional[ParallelSection] = Field(
+        default=None,
+        description="Parallelism degrees and ZeRO stage, which pick the strategy (see `deepseek plan`); null: "
+        "train.strategy decides.",
     )
     checkpoint: CheckpointSection = Field(
         default=CheckpointSection(), description="When checkpoints are saved (under `<run_dir>/checkpoints`) and which are kept."

@@ -27,6 +27,7 @@ from deepseek.runs import CONFIG_FILE, build_model
 from deepseek.train.callbacks import EarlyStopping
 from deepseek.train.checkpoint import write_text_atomic
 from deepseek.train.distributed import DistInfo, init_distributed, resolve_device
+from deepseek.train.plan import strategy_spec
 from deepseek.train.rng import seed_everything
 from deepseek.train.sinks import sink_problems
 from deepseek.train.strategy import build_strategy
@@ -147,9 +148,11 @@ def assemble(
 
 
 def _strategy(cfg: Config, dist: DistInfo) -> Any:
-    """``train.strategy`` built now, so that a wrong name or argument stops the run before training starts."""
+    """The strategy ``parallel`` selects (or ``train.strategy`` names), built now: degrees that do not fit the
+    world size, or a wrong name or argument, stop the run before its first step."""
+    spec = strategy_spec(cfg, dist.world_size)  # ConfigError when the degrees do not multiply to the world
     try:
-        return build_strategy(cfg.train.strategy, dist)
+        return build_strategy(spec, dist)
     except (reg.RegistryError, ValueError) as exc:
         raise ConfigError([str(exc)]) from None
 

@@ -6,6 +6,9 @@ each file's size and SHA-256) written last, and the directory renamed into place
 safetensors; everything else (optimizer, scheduler, scaler, EMA, RNG states, data position) to a
 ``torch.save`` file that is read back with ``weights_only=True``, so nothing is ever unpickled as
 an arbitrary object. ``best.json`` names the best checkpoint, which pruning never removes.
+
+``meta.json`` carries the format version (``FORMAT_VERSION``) and :func:`claim_run_dir` writes the run
+directory's ``format.json``; what the versions mean, and how readers treat them, is in :mod:`deepseek.runs`.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ from safetensors.torch import save_model
 # The read side of the checkpoint format lives in deepseek.runs (below train), so that serving and
 # `deepseek eval` read runs without the training layer; these names stay importable from here.
 from deepseek.runs import (  # noqa: F401
+    FORMAT_FILE,
+    FORMAT_VERSION,
     META_FILE,
     MODEL_FILE,
     STATE_FILE,
     CheckpointError,
     CheckpointMismatchError,
+    FormatVersionError,
+    check_run_format,
     checkpoint_dirs,
     latest_valid_checkpoint,
     load_weights,
@@ -176,7 +183,8 @@ class CheckpointManager:
             name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
             for name in (MODEL_FILE, STATE_FILE)
         }
-        meta = {"step": step, "epoch": state.get("epoch"), "time": time.time(), "files": files}
+        meta = {"format_version": FORMAT_VERSION, "step": step, "epoch": state.get("epoch"), "time": time.time(),
+                "files": files}  # fmt: skip
         write_json_atomic(tmp / META_FILE, meta)
         _fsync_dir(tmp)
         os.rename(tmp, final)
@@ -252,7 +260,11 @@ def earlier_run(run_dir: str | Path) -> list[str]:
 def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
     """Before training into ``run_dir``: a new run (neither ``resume`` nor ``overwrite``) must not mix
     with an earlier one (a later resume='auto' would pick up its checkpoints); ``overwrite`` deletes the
-    earlier run's files first (on the main rank only; the others only read)."""
+    earlier run's files first (on the main rank only; the others only read). A run directory, or one of
+    its checkpoints, in a newer format is refused (:class:`FormatVersionError`), overwriting included: it
+    may hold files this release does not know to remove. The main rank then marks the directory with
+    this release's format version (an older run resumed here is read as is and written in this one)."""
+    version = check_run_format(run_dir)
     if overwrite and is_main:
         remove_earlier_run(run_dir)
     elif not (resume or overwrite) and (found := earlier_run(run_dir)):
@@ -261,6 +273,9 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool
             f"run_dir '{run_dir}' already holds an earlier run ({shown}); pass resume='auto' to continue it, "
             "or overwrite=True to delete that run's files and start over"
         )
+    if is_main and (version < FORMAT_VERSION or not (run_dir / FORMAT_FILE).is_file()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / FORMAT_FILE, {"format_version": FORMAT_VERSION})
 
 
 def remove_earlier_run(run_dir: str | Path) -> None:

@@ -1,5 +1,8 @@
 """Process-group set-up from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
+Ranks started by ``mpirun`` (Open MPI), a PMI launcher (MPICH, Intel MPI) or ``srun`` (SLURM) get the
+same three values from their launcher's variables (:func:`adopt_launcher_env`); the rendezvous address
+then comes from ``MASTER_ADDR`` / ``MASTER_PORT``, which the user exports (``mpirun -x``).
 Backend: ``DS_DIST_BACKEND`` if set, else nccl on CUDA and gloo on CPU. Each rank works on
 ``cuda:<LOCAL_RANK>``; collectives run on the group's device (NCCL has no CPU collectives).
 """
@@ -11,12 +14,14 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from deepseek.errors import ConfigError
 
 CPU_BACKENDS = ("gloo", "mpi")  # backends that reduce CPU tensors
 
@@ -76,9 +81,54 @@ def die_with_torchrun_agent() -> None:
         die_with_parent()
 
 
+# (launcher, its RANK, WORLD_SIZE and LOCAL_RANK variables, a variable only its ranks have), in the order
+# they are tried after torchrun's. SLURM sets SLURM_PROCID and SLURM_NTASKS in the batch script too, whose
+# one process is no rank of an N-task world: only a job step that srun started (SLURM_STEP_ID) counts.
+LAUNCHER_RANK_VARIABLES = (
+    ("Open MPI", ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"), None),
+    ("PMI", ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"), None),
+    ("SLURM", ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"), "SLURM_STEP_ID"),
+)
+
+
+def rank_launcher(environ: Mapping[str, str]) -> tuple[str, tuple[str, str, str]] | None:
+    """The MPI or SLURM launcher that started this process as a rank, with its (rank, size, local rank)
+    variable names; None under torchrun (``TORCHELASTIC_RUN_ID``) or in a plain process."""
+    if "TORCHELASTIC_RUN_ID" in environ:
+        return None
+    for name, variables, marker in LAUNCHER_RANK_VARIABLES:
+        if variables[0] in environ and variables[1] in environ and (marker is None or marker in environ):
+            return name, variables
+    return None
+
+
+def launcher_rank_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as torchrun would set them, from ``environ``.
+
+    torchrun's own variables win; without them, the first launcher of :data:`LAUNCHER_RANK_VARIABLES`
+    whose rank and size (and marker) are set supplies them (a missing local rank reads as 0). Empty for
+    a plain process. The MPI and SLURM launchers export no rendezvous address: that stays with
+    ``MASTER_ADDR`` / ``MASTER_PORT``.
+    """
+    found = rank_launcher(environ)
+    if found is None or ("RANK" in environ and "WORLD_SIZE" in environ):
+        return {}
+    rank, size, local = found[1]
+    return {"RANK": environ[rank], "WORLD_SIZE": environ[size], "LOCAL_RANK": environ.get(local, "0")}
+
+
+def adopt_launcher_env() -> None:
+    """Export :func:`launcher_rank_env`'s values into ``os.environ`` (torchrun's variables stay as set).
+
+    Call before anything reads ``RANK`` (which rank is the main one) or ``LOCAL_RANK`` (the GPU); a
+    rank under ``mpirun -np 2`` would otherwise take itself for a plain process of a world of one.
+    """
+    os.environ.update(launcher_rank_env(os.environ))
+
+
 def local_rank_from_env() -> int:
-    """torchrun's ``LOCAL_RANK`` (0 in a plain process)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    """torchrun's ``LOCAL_RANK``, or an MPI / SLURM launcher's local rank (0 in a plain process)."""
+    return int(os.environ.get("LOCAL_RANK") or launcher_rank_env(os.environ).get("LOCAL_RANK", "0"))
 
 
 def resolve_device(device: str | torch.device, local_rank: int | None = None) -> torch.device:
@@ -97,7 +147,7 @@ def resolve_device(device: str | torch.device, local_rank: int | None = None) ->
     dev = torch.device(device)
     if dev.type != "cuda":
         return dev
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE") or launcher_rank_env(os.environ).get("WORLD_SIZE", "1")) > 1:
         return torch.device("cuda", local_rank if torch.cuda.device_count() > 1 else 0)
     return dev if dev.index is not None else torch.device("cuda", local_rank)
 
@@ -122,6 +172,7 @@ def init_distributed(device: torch.device) -> DistInfo:
     """
     global _created_group, _groups_created
     die_with_torchrun_agent()  # also for torchrun scripts that use the Trainer without the CLI
+    adopt_launcher_env()  # ranks from mpirun / srun: RANK, WORLD_SIZE, LOCAL_RANK as torchrun names them
     local_rank = local_rank_from_env()
     if dist.is_available() and dist.is_initialized():
         backend = str(dist.get_backend())
@@ -129,6 +180,10 @@ def init_distributed(device: torch.device) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing and rank_launcher(os.environ):  # torchrun sets both; mpirun and srun leave them to the user
+        raise ConfigError([f"{' and '.join(missing)} not set: a world of {world} ranks needs the rendezvous "
+                           "address of rank 0 (e.g. mpirun -x MASTER_ADDR=node0 -x MASTER_PORT=29500)"])  # fmt: skip
     backend = os.environ.get("DS_DIST_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
     bind: dict[str, Any] = {}
     if device.type == "cuda":
@@ -137,8 +192,11 @@ def init_distributed(device: torch.device) -> DistInfo:
     # torch names every new default group "0", so a group made after another was destroyed (a second
     # fit()) would find the first one's stale addresses under the same keys in torchrun's store, and
     # could hang; keys of each group's own avoid that. The ranks agree on the count: they run the same code.
+    # An elastic restart (`deepseek launch --max-restarts`) reuses the agent's store too: each attempt's
+    # ranks keep to keys of their own attempt, never the dead attempt's.
     store, rank, world = next(dist.rendezvous("env://"))
-    store = dist.PrefixStore(f"deepseek-group-{_groups_created}", store)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"deepseek-attempt-{attempt}-group-{_groups_created}", store)
     dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, **bind)
     _created_group, _groups_created = dist.group.WORLD, _groups_created + 1
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), comm_device(backend, device))

@@ -4,8 +4,9 @@ A strategy wraps the model for training, gives the context that skips gradient s
 window's non-final micro-steps, clips gradients, turns the model's and optimizer's state into what a
 checkpoint holds (and back), names the module validation runs, and unwraps the model at the end. The
 Trainer calls these and nothing else, so FSDP, tensor or pipeline parallelism are new strategies, not
-new Trainer code. Built in: ``single_device`` (alias ``single``) and ``ddp``; ``auto`` (the default) is
-``ddp`` in a process group of several ranks, else ``single_device``. A strategy of one's own is any class
+new Trainer code. Built in: ``single_device`` (alias ``single``), ``ddp`` and ``fsdp`` (ZeRO-1/2/3 and
+HSDP, :mod:`deepseek.train.fsdp`); ``auto`` (the default) is ``ddp`` in a process group of several ranks,
+else ``single_device``. A strategy of one's own is any class
 with these methods (no base class needed), named in a config by import path::
 
     train:
@@ -13,10 +14,16 @@ with these methods (no base class needed), named in a config by import path::
 
 The calls, in the Trainer's order: ``setup`` (after the model is on its device, EMA copied and
 compiled, and BEFORE a resumed checkpoint is loaded: a sharding strategy wraps first, then takes its
-sharded state through ``load_model_state_dict`` / ``load_optimizer_state_dict``), then per step
+sharded state through ``load_model_state_dict`` / ``load_optimizer_state_dict``), then the optional
+``setup_optimizer(optimizer, model)`` (the optimizer to train with: the Trainer's own, re-pointed at
+sharded parameters or wrapped, e.g. by ZeRO-1; the scheduler is built on what it returns), then per step
 ``no_sync`` (only when a window has several micro-batches or ranks) and ``clip_grad_norm`` (only with
 ``grad_clip_norm``), ``eval_module`` per validation, the state-dict methods per checkpoint save or load
 (``model_state_dict`` also gives the ``final/`` weights), and ``teardown`` once when ``fit()`` ends.
+
+A strategy whose state-dict methods are collectives (a sharded model's full state is gathered from
+every rank) sets ``collective_state_dict = True``: then every rank calls them for each checkpoint and
+for ``final/``, and only rank 0 writes; it may return ``{}`` on the other ranks.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ class SingleDevice:
                 f"train.strategy: 'single_device' cannot train on {dist.world_size} ranks; use 'ddp' or 'auto'"
             )
         return model
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
+        """The optimizer to train with, called once after :meth:`setup`: ``optimizer`` itself here."""
+        return optimizer
 
     def no_sync(self, train_model: nn.Module) -> AbstractContextManager[Any]:
         return contextlib.nullcontext()
@@ -175,17 +186,43 @@ class ModelState:
         self.strategy, self.model = strategy, model
 
     def state_dict(self) -> dict[str, Any]:
-        return self.strategy.model_state_dict(self.model)
+        state = self.strategy.model_state_dict(self.model)
+        if state or not gathers_state(self.strategy):
+            return state
+        # A rank the gathered state does not go to: the names, tied ones sharing one tensor, for the
+        # weights loader, which reads them (and the ties) from here before it calls load_state_dict.
+        shared: dict[int, torch.Tensor] = {}
+        return {name: shared.setdefault(id(t), torch.zeros(1)) for name, t in self.model.state_dict(keep_vars=True).items()}
+
+    def snapshot(self) -> Any:
+        """The state taken now (a collective under a gathering strategy: every rank calls it), as an
+        object whose ``state_dict()`` returns it: what a writer on the main rank takes."""
+        return _Snapshot(self.state_dict())
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = False) -> tuple[list[str], list[str]]:
         """Load ``state``; returns ``(missing, unexpected)`` key lists like ``nn.Module.load_state_dict``."""
-        own = self.strategy.model_state_dict(self.model)
+        # Called on every rank; a gathering strategy gives the other ranks {}: they take the names locally.
+        own = self.state_dict()  # a collective under a gathering strategy: every rank loads
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise RuntimeError(f"missing keys {missing}, unexpected keys {unexpected}")
         self.strategy.load_model_state_dict(self.model, {k: v for k, v in state.items() if k in own})
         return missing, unexpected
+
+
+class _Snapshot:
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+
+def gathers_state(strategy: Any) -> bool:
+    """Whether ``strategy``'s state-dict methods are collectives (``collective_state_dict``): then every
+    rank takes part in each checkpoint and in the final weights, and the main rank writes them."""
+    return bool(getattr(strategy, "collective_state_dict", False))
 
 
 class OptimizerState:
@@ -199,3 +236,21 @@ class OptimizerState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.strategy.load_optimizer_state_dict(self.model, self.optimizer, state)
+
+
+def optimizer_and_scheduler(
+    strategy: Any, optimizer: torch.optim.Optimizer, model: nn.Module, scheduler: Any, total_steps: int | None
+) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer the strategy trains with (``setup_optimizer``, optional: a sharding strategy may re-point
+    or wrap it) and the scheduler on it: ``scheduler`` is a built LR scheduler, ``f(optimizer, total_steps)``
+    (built here, on the strategy's optimizer) or None."""
+    if hasattr(strategy, "setup_optimizer"):  # optional: a user's strategy may lack it
+        given, optimizer = optimizer, strategy.setup_optimizer(optimizer, model)
+        if optimizer is not given and getattr(scheduler, "optimizer", None) is given:  # it would set stale lrs
+            raise ValueError("scheduler: it is bound to the optimizer that train.strategy replaced; pass "
+                             "f(optimizer, total_steps) to build it on the strategy's optimizer")  # fmt: skip
+    if callable(scheduler) and not hasattr(scheduler, "step"):
+        if total_steps is None:
+            raise ValueError("this scheduler needs the run length: set max_steps, or use a train loader with a length")
+        scheduler = scheduler(optimizer, total_steps)
+    return optimizer, scheduler

@@ -41,11 +41,17 @@ from deepseek.train.checkpoint import (
     save_weights_atomic,
     write_json_atomic,
 )
-from deepseek.train.distributed import DistInfo, init_distributed, leaving_own_process_group, resolve_device
+from deepseek.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    init_distributed,
+    leaving_own_process_group,
+    resolve_device,
+)
 from deepseek.train.logger import RunLogger
 from deepseek.train.report import log_precision_events, run_summary, step_values
 from deepseek.train.step import ON_NONFINITE, OptimizerStep
-from deepseek.train.strategy import ModelState, build_strategy
+from deepseek.train.strategy import ModelState, build_strategy, gathers_state, optimizer_and_scheduler
 from deepseek.train.trainer_state import TrainerState
 from deepseek.train.trainer_validation import TrainerValidation
 
@@ -160,19 +166,15 @@ class Trainer(TrainerState, TrainerValidation):
         if self._jitted:  # after the EMA copy; autotune keeps eager where compiling does not pay
             jit(self.model, autotune=self.compile == "auto")
         self.total_steps = self._total_steps(train_data)
-        sched = self._scheduler_arg
-        if callable(sched) and not hasattr(sched, "step"):
-            if self.total_steps is None:
-                raise ValueError(
-                    "this scheduler needs the run length: set max_steps, or use a train loader with a length"
-                )
-            sched = sched(self.optimizer, self.total_steps)
-        self.scheduler = sched
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.keep_last) if self.run_dir else None
-        self._wall_before = 0.0
-        # Set up first, then load: a sharding strategy (FSDP) wraps the model before it takes its sharded state.
+        # Set up first, then load: a sharding strategy wraps the model before it takes its sharded state; it
+        # may re-point the optimizer at sharded parameters or wrap it, and the scheduler is built on that one.
         self.train_model: nn.Module = self.strategy.setup(self.model, self.dist, self.device)
         self._strategy_set_up = True  # teardown() once, also when what follows fails
+        self.optimizer, self.scheduler = optimizer_and_scheduler(
+            self.strategy, self.optimizer, self.model, self._scheduler_arg, self.total_steps
+        )
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.keep_last) if self.run_dir else None
+        self._wall_before = 0.0
         resumed_from = self._restore(resume) if resume is not None else None
         self._step = OptimizerStep(
             self.model, self.train_model, self.optimizer,
@@ -351,10 +353,13 @@ class Trainer(TrainerState, TrainerValidation):
         self.callbacks("on_step_end", self)
         if epoch_end:
             self.callbacks("on_epoch_end", self)
-        if self.ckpt is not None and self.dist.is_main:
+        if self.ckpt is not None and (self.dist.is_main or gathers_state(self.strategy)):
             due = (self.ckpt_every_steps and step % self.ckpt_every_steps == 0) or (
                 self.ckpt_every_minutes and time.monotonic() - self._t_ckpt >= 60 * self.ckpt_every_minutes
             )
+            if self.ckpt_every_minutes and self.dist.enabled and gathers_state(self.strategy):  # rank 0's clock
+                flag = torch.tensor([float(bool(due) and self.dist.is_main)])  # decides: all ranks gather together
+                due = all_reduce_sum(flag, self.dist).item() > 0
             # The run's last step is saved by _finish after its final validation, so that the checkpoint's
             # own state (best value, last metrics) is the one best.json describes.
             if improved or (due and not self._ends_here(epoch_end)):
@@ -382,12 +387,14 @@ class Trainer(TrainerState, TrainerValidation):
         improved = False
         if val_data is not None and self._last_val_step != self.global_step and self.global_step > 0:
             improved = self._validate_and_track(val_data)
-        if self.dist.is_main and self.ckpt is not None:
+        gathers = gathers_state(self.strategy)  # then every rank takes part in gathering what rank 0 writes
+        if (self.dist.is_main or gathers) and self.ckpt is not None:
             self.save_checkpoint(best=improved)
         summary = run_summary(self)
+        if (self.dist.is_main or gathers) and self.run_dir is not None:
+            final = ModelState(self.strategy, self.ema.module if self.ema is not None else self.model).snapshot()
         if self.dist.is_main and self.run_dir is not None:
             (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
-            final = ModelState(self.strategy, self.ema.module if self.ema is not None else self.model)
             save_weights_atomic(final, self.run_dir / "final" / "model.safetensors")  # type: ignore[arg-type]
             write_json_atomic(self.run_dir / "summary.json", summary)
         self.callbacks("on_train_end", self)

@@ -23,7 +23,7 @@ from deepseek.train.checkpoint import (
     load_checkpoint,
 )
 from deepseek.train.run_lock import lock_run_dir, unlock_run_dir
-from deepseek.train.strategy import ModelState, OptimizerState
+from deepseek.train.strategy import ModelState, OptimizerState, gathers_state
 
 
 class TrainerState:
@@ -61,8 +61,13 @@ class TrainerState:
         record = {"monitor": self.best.monitor, "value": self.best.best, "step": self.global_step} if best else None
         if best:
             self.best_checkpoint = f"step-{self.global_step:08d}"
-        weights = ModelState(self.strategy, self.model)
+        weights: Any = ModelState(self.strategy, self.model)
+        if gathers_state(self.strategy):  # collectives: every rank gathers, in this order; the main rank writes
+            weights = weights.snapshot()
         state = self.state_dict()
+        if not self.dist.is_main:
+            self._last_ckpt_step, self._t_ckpt = self.global_step, time.monotonic()
+            return None
         if self.callbacks.on_save_checkpoint:  # callbacks may add entries of their own
             own = set(state)
             self.callbacks("on_save_checkpoint", self, state)

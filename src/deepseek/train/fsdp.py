@@ -1,0 +1,249 @@
+"""The ``fsdp`` strategy: ZeRO-1/2/3 and HSDP on torch's own machinery (DeviceMesh, FSDP2 ``fully_shard``).
+
+How each setting maps onto torch (as torchtitan documents its own):
+
+- ZeRO-3 (``zero_stage: 3``, the default): ``fully_shard(reshard_after_forward=True)``; parameters,
+  gradients and optimizer state are sharded; each block's parameters are all-gathered for its forward
+  and again for its backward, and gradients are reduce-scattered.
+- ZeRO-2 (``zero_stage: 2``): ``fully_shard(reshard_after_forward=False)``; parameters stay gathered
+  from a block's forward to its backward (one all-gather per step), gradients and optimizer state are sharded.
+- ZeRO-1 (``zero_stage: 1``): DDP-style replicated parameters and gradients (``DistributedDataParallel``,
+  one all-reduce) with the optimizer state sharded by ``torch.distributed.optim.ZeroRedundancyOptimizer``
+  (each rank steps its share of the parameters and broadcasts them). The Trainer builds the optimizer
+  before the strategy, so :meth:`FSDP.setup_optimizer` wraps it (same class, groups and hyperparameters).
+- HSDP (``dp_replicate: R`` > 1, ZeRO-2/3): a 2-D mesh ``("dp_replicate", "dp_shard")``; parameters are
+  sharded inside each group of ``dp_shard`` ranks and replicated across the ``R`` groups (gradients:
+  reduce-scatter in a group, all-reduce across groups).
+
+``dp_shard: -1`` takes the rest of the world (``world // dp_replicate``). Which modules are sharded
+separately: the children of the model's largest ``nn.ModuleList`` (a transformer's blocks, e.g. gpt2's
+``blocks``; every ModuleList of that length when several are), then the root, which holds the rest
+(embeddings, final norm, a tied head). ``param_dtype`` / ``reduce_dtype`` (``bf16``, ``fp16``, ``fp32``)
+build a ``MixedPrecisionPolicy``; ``cpu_offload`` a ``CPUOffloadPolicy`` (parameters, gradients and
+optimizer state live on the CPU).
+
+State for checkpoints and ``final/`` is the full, unsharded state (``torch.distributed.checkpoint.state_dict``
+with ``full_state_dict=True, cpu_offload=True``): gathering it is a collective every rank calls, and only
+rank 0 receives it (the others get ``{}``); loading takes the full state on every rank and shards it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn as nn
+
+from deepseek.registry import register_strategy
+from deepseek.train.distributed import DistInfo
+from deepseek.train.strategy import DDP
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp32": torch.float32, "float32": torch.float32}  # fmt: skip
+# torch's FSDP2, DTensor, DCP and ZeRO modules are imported where used: together they take seconds to
+# import, which every `import deepseek` (this module registers the strategy) would otherwise pay.
+
+
+def _full_state_options(loading: bool = False) -> Any:
+    """Full (unsharded) state: gathered to rank 0 on the CPU; loaded from the full state every rank holds
+    (not strict: a file stores tied parameters once)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    if loading:
+        return StateDictOptions(full_state_dict=True, strict=False)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def block_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules sharded one by one: the children of the model's largest ``nn.ModuleList``(s)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        return []
+    longest = max(len(m) for m in lists)
+    return [block for m in lists if len(m) == longest for block in m]
+
+
+@register_strategy("fsdp")
+class FSDP(DDP):
+    """ZeRO-1/2/3 and HSDP over the default process group; see the module docstring for the mapping."""
+
+    collective_state_dict = True  # the Trainer has every rank gather checkpoint state; rank 0 writes it
+
+    def __init__(
+        self,
+        zero_stage: int = 3,
+        dp_replicate: int = 1,
+        dp_shard: int = -1,
+        reshard_after_forward: bool | None = None,
+        cpu_offload: bool = False,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = None,
+    ) -> None:
+        def bad(key: str, value: Any, allowed: str) -> ValueError:
+            return ValueError(f"train.strategy: fsdp {key}: {value!r} is not allowed; {allowed}")
+
+        if zero_stage not in (1, 2, 3) or isinstance(zero_stage, bool):
+            raise bad("zero_stage", zero_stage, "use 1, 2 or 3")
+        if not isinstance(dp_replicate, int) or dp_replicate < 1:
+            raise bad("dp_replicate", dp_replicate, "use an integer >= 1")
+        if not isinstance(dp_shard, int) or (dp_shard < 1 and dp_shard != -1):
+            raise bad("dp_shard", dp_shard, "use an integer >= 1, or -1 for the rest of the world")
+        for key, value in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype)):
+            if value is not None and value not in DTYPES:
+                raise bad(key, value, f"use one of {', '.join(DTYPES)}, or leave it unset")
+        if reshard_after_forward is not None and (zero_stage == 1 or reshard_after_forward != (zero_stage == 3)):
+            raise ValueError(
+                f"train.strategy: fsdp reshard_after_forward: {reshard_after_forward} contradicts zero_stage "
+                f"{zero_stage} (ZeRO-3 reshards after forward, ZeRO-2 does not, ZeRO-1 does not shard parameters)"
+            )
+        if zero_stage == 1 and (dp_replicate != 1 or cpu_offload or param_dtype or reduce_dtype):
+            raise ValueError("train.strategy: fsdp zero_stage 1 shards only optimizer state over the whole world; "
+                             "dp_replicate, cpu_offload, param_dtype and reduce_dtype need zero_stage 2 or 3")  # fmt: skip
+        super().__init__()
+        self.zero_stage, self.dp_replicate, self.dp_shard = zero_stage, dp_replicate, dp_shard
+        self.reshard_after_forward = zero_stage == 3
+        self.cpu_offload, self.param_dtype, self.reduce_dtype = cpu_offload, param_dtype, reduce_dtype
+        self.mesh: Any = None  # the DeviceMesh of ZeRO-2/3, set by setup
+        self._names: dict[int, str] = {}  # id of each parameter before sharding -> its name
+
+    # ------------------------------------------------------------------------------- set-up
+    def mesh_shape(self, world_size: int) -> tuple[int, ...]:
+        """``(dp_shard,)``, or ``(dp_replicate, dp_shard)`` for HSDP; ValueError when it does not fill the world."""
+        shard = world_size // self.dp_replicate if self.dp_shard == -1 else self.dp_shard
+        if shard < 1 or self.dp_replicate * shard != world_size:
+            raise ValueError(
+                f"train.strategy: fsdp dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} does not make "
+                f"the world size {world_size}; the degrees must multiply to it (dp_shard -1 takes the rest)"
+            )
+        return (self.dp_replicate, shard) if self.dp_replicate > 1 else (shard,)
+
+    def setup(self, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
+        """ZeRO-1: the DDP-wrapped model. ZeRO-2/3: ``model`` itself, sharded in place (its parameters
+        become DTensors, so :meth:`setup_optimizer` points the optimizer at them)."""
+        if not (torch_dist.is_available() and torch_dist.is_initialized()):
+            raise ValueError("train.strategy: 'fsdp' needs a process group; launch with torchrun "
+                             "(or `deepseek launch`), also for one process")  # fmt: skip
+        shape = self.mesh_shape(torch_dist.get_world_size())
+        if self.zero_stage == 1:
+            return super().setup(model, dist, device)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
+        names = ("dp_replicate", "dp_shard") if len(shape) == 2 else ("dp_shard",)
+        self._names = {id(p): name for name, p in model.named_parameters()}
+        if isinstance(model, FSDPModule):  # a second fit() of a model sharded by the first: as it is
+            return model
+        self.mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
+        kwargs: dict[str, Any] = {"mesh": self.mesh, "reshard_after_forward": self.reshard_after_forward}
+        if self.param_dtype or self.reduce_dtype:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=DTYPES.get(self.param_dtype or ""), reduce_dtype=DTYPES.get(self.reduce_dtype or "")
+            )
+        if self.cpu_offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+        for block in block_modules(model):
+            fully_shard(block, **kwargs)
+        fully_shard(model, **kwargs)
+        return model
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
+        """ZeRO-1: a ``ZeroRedundancyOptimizer`` of ``optimizer``'s class, groups and hyperparameters.
+        ZeRO-2/3: ``optimizer`` itself, its groups pointed at the sharded parameters of the same names.
+        An optimizer this set up already (a second ``fit()``) comes back as it is."""
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        sharded = dict(model.named_parameters())
+        on_sharded = {id(p) for p in sharded.values()}
+        if isinstance(optimizer, ZeroRedundancyOptimizer) or (
+            self.zero_stage > 1 and all(id(p) in on_sharded for g in optimizer.param_groups for p in g["params"])
+        ):
+            return optimizer
+        if optimizer.state:
+            raise ValueError("train.strategy: fsdp needs a fresh optimizer (one that has not stepped yet): "
+                             "its state cannot be sharded after the fact; resume from a checkpoint instead")  # fmt: skip
+        if self.zero_stage == 1:
+            groups = [dict(group) for group in optimizer.param_groups]
+            takes = inspect.signature(type(optimizer)).parameters  # defaults may hold more (AdamW's derived flag)
+            defaults = {k: v for k, v in optimizer.defaults.items() if k in takes}
+            return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer), **defaults)
+        for group in optimizer.param_groups:
+            group["params"] = [sharded[self._names[id(p)]] if id(p) in self._names else p for p in group["params"]]
+        return optimizer
+
+    # ------------------------------------------------------------------------------- steps
+    def no_sync(self, train_model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        if self.zero_stage == 1:
+            return super().no_sync(train_model)
+        return _without_gradient_sync(train_model)
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip to a global 2-norm of ``max_norm`` over all ranks' shards; returns that norm before clipping."""
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+        if hasattr(norm, "full_tensor"):  # a DTensor, partial over the shards: reduce it to the global norm
+            norm = norm.full_tensor()
+        nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
+
+    # ------------------------------------------------------------------------------- state
+    def model_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """The full state on rank 0 (``{}`` elsewhere); a collective: every rank calls it."""
+        if self.zero_stage == 1:
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(model, options=_full_state_options())
+        first: dict[int, str] = {}  # tied parameters share one gathered tensor again: the file stores it once
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            twin = first.setdefault(id(tensor), name)
+            if twin != name and twin in state:
+                state[name] = state[twin]
+        return state
+
+    def load_model_state_dict(self, model: nn.Module, state: Mapping[str, Any]) -> None:
+        """Load a full state that every rank holds; each keeps its shard."""
+        if self.zero_stage == 1:
+            model.load_state_dict(state, strict=False)
+        else:
+            from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+            set_model_state_dict(model, dict(state), options=_full_state_options(loading=True))
+
+    def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The full optimizer state on rank 0 (``{}`` elsewhere); a collective: every rank calls it."""
+        if self.zero_stage == 1:  # a ZeroRedundancyOptimizer
+            optimizer.consolidate_state_dict(to=0)  # type: ignore[attr-defined]
+            return optimizer.state_dict() if torch_dist.get_rank() == 0 else {}
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=_full_state_options())
+
+    def load_optimizer_state_dict(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
+        if self.zero_stage == 1:
+            optimizer.load_state_dict(state)
+        else:
+            from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, state, options=_full_state_options(loading=True))
+
+    def teardown(self, train_model: nn.Module) -> nn.Module:
+        """ZeRO-1: the module out of DDP. ZeRO-2/3: the model, still sharded (its state comes out through
+        :meth:`model_state_dict`)."""
+        return super().teardown(train_model)
+
+
+@contextlib.contextmanager
+def _without_gradient_sync(module: Any) -> Iterator[None]:
+    """On an ``FSDPModule``: gradients accumulate unsharded and unreduced in here; the next synced
+    backward reduce-scatters them."""
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
