@@ -6,10 +6,12 @@
 # Steps (each under its own time limit, so the whole suite stays under 8 minutes):
 #   gpu tests    pytest -m gpu tests/gpu: NCCL group of one (all_reduce, DDP step, validation reduced on
 #                the GPU), fp16-mixed with the GradScaler and bf16-mixed in the Trainer, ds.jit on CUDA,
-#                each rank's device binding
+#                each rank's device binding, the fsdp stages (and meta init) on NCCL at world 1
 #   memory       benchmarks/memory.py --device cuda: checkpointing's saving on the CUDA allocator's peak
 #   serve load   benchmarks/serve_load.py --quick: the batching benchmark (deepseek-serve runs its models on
 #                the CPU today; the row records the run on the GPU machine, not a GPU-served model)
+#   par-memory   benchmarks/parallel_memory.py --worlds 1: DDP and ZeRO-1/2/3 on NCCL at world 1, per-rank
+#                state on the CUDA allocator beside deepseek plan's prediction
 # Without CUDA it says so and exits 0 without running anything.
 set -u
 cd "$(dirname "$0")/.."
@@ -43,6 +45,7 @@ run_step() {  # run_step NAME LIMIT_S CMD...: runs CMD with a time limit, record
 run_step gpu-tests 200 "$PY" -m pytest tests/gpu -m gpu -q -p no:cacheprovider -rs
 run_step memory 100 "$PY" benchmarks/memory.py --device cuda
 run_step serve-load 150 "$PY" benchmarks/serve_load.py --quick
+run_step par-memory 120 "$PY" benchmarks/parallel_memory.py --worlds 1
 
 echo
 printf '%-12s %-18s %8s  %s\n' step result seconds "last line of the log"

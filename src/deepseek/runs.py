@@ -15,6 +15,11 @@ checkpoint or run is read -- also under ``--resume auto``: such a checkpoint is 
 refused rather than skipped for an older one (resuming behind it would silently drop what a newer
 release wrote, then mix two formats in one run). A ``format_version`` that is no non-negative integer is
 damage, skipped like a bad SHA-256.
+
+Versions: 0 (none), 1 (``format_version`` written), 2 (a checkpoint may be sharded: ``meta.json``'s
+``"sharded"`` record, its model and optimizer state in ``shards/`` instead of ``model.safetensors``). A
+release that reads up to 1 would take a sharded checkpoint for a damaged one and skip it; version 2 makes
+it refuse the run instead.
 """
 
 from __future__ import annotations
@@ -38,8 +43,11 @@ from deepseek.config import Config
 from deepseek.config.trust import load_directory_config
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
+# A sharded checkpoint (meta.json's "sharded" record) holds its model and optimizer state as a
+# torch.distributed.checkpoint directory here instead of MODEL_FILE, one file per rank that wrote it.
+SHARDS_DIR = "shards"
 CONFIG_FILE, FORMAT_FILE = "config.yaml", "format.json"
-FORMAT_VERSION = 1  # the newest checkpoint / run directory layout this release writes and reads
+FORMAT_VERSION = 2  # the newest checkpoint / run directory layout this release writes and reads
 FINAL_WEIGHTS = Path("final") / MODEL_FILE
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -134,7 +142,11 @@ def verify(path: Path) -> dict[str, Any]:
     _refuse_newer(_version_of(meta, META_FILE), f"checkpoint {path}")
     if not isinstance(files, dict):
         raise CheckpointError(f"{META_FILE}: 'files' is {files!r}, expected a mapping of file name to size and sha256")
-    for name in (MODEL_FILE, STATE_FILE):
+    sharded = meta.get("sharded")
+    if sharded is not None and not (isinstance(sharded, dict) and isinstance(sharded.get("world_size"), int)):
+        raise CheckpointError(f"{META_FILE}: 'sharded' is {sharded!r}, expected {{world_size: int, ...}}")
+    required = (f"{SHARDS_DIR}/.metadata", STATE_FILE) if sharded else (MODEL_FILE, STATE_FILE)
+    for name in required:
         expect = files.get(name)
         if not (
             isinstance(expect, dict) and isinstance(expect.get("size"), int) and isinstance(expect.get("sha256"), str)
@@ -188,6 +200,45 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if latest is not None:
             return latest
     raise CheckpointError(f"no valid checkpoint at '{path}'")
+
+
+def is_sharded(checkpoint: str | Path) -> bool:
+    """Whether the checkpoint directory's ``meta.json`` marks it sharded (reads that file only, no hashing)."""
+    try:
+        return bool(json.loads((Path(checkpoint) / META_FILE).read_text()).get("sharded"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_sharded_weights(model: nn.Module, checkpoint: str | Path, part: str = "model") -> None:
+    """A sharded checkpoint's weights (``part``: ``model``, or ``ema`` for the EMA average) into ``model``, in
+    this one process with no process group: DCP reads
+    every rank's slices of each tensor straight into the model's own (full) tensors; the optimizer's shards are
+    not read. The caller verifies the checkpoint first (DCP reads its ``.metadata`` with pickle; meta.json's
+    SHA-256 covers it). :class:`CheckpointMismatchError` when the names or shapes do not fit ``model``."""
+    from torch.distributed.checkpoint import FileSystemReader, load
+
+    reader = FileSystemReader(Path(checkpoint) / SHARDS_DIR)
+    saved = {k.removeprefix(f"{part}.") for k in reader.read_metadata().state_dict_metadata if k.startswith(f"{part}.")}
+    own = model.state_dict()  # tensors that share the model's storage: DCP loads into them in place
+    missing, unexpected = sorted(set(own) - saved), sorted(saved - set(own))
+    if missing or unexpected:
+        raise CheckpointMismatchError(f"{checkpoint}: missing keys {missing}, unexpected keys {unexpected}")
+    try:
+        with warnings.catch_warnings():  # that it assumes one process: it is told so (no_dist)
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+            load({part: own}, storage_reader=reader, no_dist=True)
+    except Exception as exc:  # DCP: a shape that differs
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CheckpointMismatchError(f"{checkpoint} does not fit the model: {first}") from None
+
+
+def _load_checkpoint_weights(model: nn.Module, checkpoint: Path) -> None:
+    """A checkpoint's weights into ``model``: its ``model.safetensors``, or its shards."""
+    if is_sharded(checkpoint):
+        load_sharded_weights(model, checkpoint)
+    else:
+        load_weights(model, checkpoint / MODEL_FILE)
 
 
 # ------------------------------------------------------------------------------ trained weights -> model
@@ -245,9 +296,11 @@ def load_trained_weights(model: nn.Module, checkpoint: str | Path | TrainedWeigh
     if found.path.is_file():
         load_weights(model, found.path)
         return model
-    load_weights(model, found.path / MODEL_FILE)
+    _load_checkpoint_weights(model, found.path)
     ema = torch.load(found.path / STATE_FILE, map_location="cpu", weights_only=True).get("ema") if found.ema else None
-    if ema is not None:
+    if ema is not None and ema.get("in_shards"):  # a sharded checkpoint keeps the average in its shards
+        load_sharded_weights(model, found.path, part="ema")
+    elif ema is not None:
         model.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
     return model
 

@@ -83,7 +83,7 @@ def test_defaults_and_the_resolved_config_reloads(tmp_path):
     assert load_config(QUICKSTART).parallel is None
     cfg = load_config(QUICKSTART, ["parallel.zero_stage=3"])
     assert cfg.parallel.model_dump() == {"dp_replicate": 1, "dp_shard": -1, "tp": 1, "pp": 1, "zero_stage": 3,
-                                         "reshard_after_forward": None, "cpu_offload": False}  # fmt: skip
+                                         "reshard_after_forward": None, "cpu_offload": False, "meta_init": False}  # fmt: skip
     for given in (["parallel.zero_stage=3"], ["train.strategy=fsdp"]):
         resolved = tmp_path / "resolved.yaml"
         resolved.write_text(yaml.safe_dump(load_config(QUICKSTART, given).to_dict()))

@@ -44,7 +44,7 @@ def test_checkpoints_and_run_dirs_are_written_with_the_current_format_version(tm
     claim_run_dir(tmp_path, resume=False, overwrite=False, is_main=True)
     assert json.loads((tmp_path / runs.FORMAT_FILE).read_text()) == {"format_version": runs.FORMAT_VERSION}
     path = CheckpointManager(tmp_path / "checkpoints").save(1, nn.Linear(2, 2), {"epoch": 0})
-    assert _meta(path)["format_version"] == runs.FORMAT_VERSION == 1
+    assert _meta(path)["format_version"] == runs.FORMAT_VERSION == 2  # 2: checkpoints may be sharded
     assert runs.verify(path)["format_version"] == runs.FORMAT_VERSION == runs.check_run_format(tmp_path)
 
 
@@ -107,7 +107,7 @@ def test_the_fixture_evaluates_and_resumes_with_the_cli(old_run: Path) -> None:
     ckpts = [p.name for p in runs.checkpoint_dirs(old_run / "checkpoints")]
     assert ckpts == ["step-00000005", "step-00000006"]  # continued from step 4, keep_last 2
     assert _meta(old_run / "checkpoints" / "step-00000006")["format_version"] == runs.FORMAT_VERSION
-    assert runs.check_run_format(old_run) == runs.FORMAT_VERSION  # resumed by this release: now version 1
+    assert runs.check_run_format(old_run) == runs.FORMAT_VERSION  # resumed by this release: now its version
 
 
 @pytest.mark.slow
@@ -123,3 +123,38 @@ def test_the_cli_refuses_a_newer_version_with_one_line(old_run: Path) -> None:
     assert sorted(p.name for p in old_run.iterdir()) == before  # refused before writing anything (no config.v2.yaml)
     r = run_cli("eval", str(old_run / "config.yaml"), "--checkpoint", str(old_run))
     assert (r.returncode, r.stderr.strip()) == (2, want)
+
+
+def test_a_gpt2_checkpoint_of_the_packed_attention_layout_is_refused_for_resume_in_one_line(tmp_path):
+    """gpt2's attention stored q, k and v packed in one `attn.qkv` until issue 16 split them: such a checkpoint's
+    weights still load (the model's load hook splits them), but its optimizer state was per packed parameter, so
+    resuming it is refused with a line that says so, not a list of missing and unexpected keys."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file, save_file
+
+    import deepseek as ds
+
+    def trainer(steps: int) -> ds.Trainer:
+        torch.manual_seed(0)
+        model = ds.models.build("gpt2", vocab_size=32, max_positions=8, dim=16, depth=1, heads=2)
+        loss = lambda logits, y: F.cross_entropy(logits.flatten(0, 1), y.flatten())  # noqa: E731
+        return ds.Trainer(model, torch.optim.AdamW(model.parameters()), loss_fn=loss, max_steps=steps, max_epochs=None,
+                          metrics=(), run_dir=tmp_path / "run", tensorboard=False, progress="off",
+                          checkpoint_every_steps=2)  # fmt: skip
+
+    ids = torch.randint(0, 32, (2, 9), generator=torch.Generator().manual_seed(0))
+    trainer(2).fit([(ids[:, :-1], ids[:, 1:])] * 4)
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    weights = load_file(ckpt / runs.MODEL_FILE)
+    for kind in ("weight", "bias"):  # back to the packed layout an older release wrote
+        parts = [weights.pop(f"blocks.0.attn.{p}.{kind}") for p in "qkv"]
+        weights[f"blocks.0.attn.qkv.{kind}"] = torch.cat(parts)
+    save_file(weights, ckpt / runs.MODEL_FILE)
+    meta = _meta(ckpt)
+    meta["files"][runs.MODEL_FILE] = {"size": (ckpt / runs.MODEL_FILE).stat().st_size,
+                                      "sha256": runs.sha256_of(ckpt / runs.MODEL_FILE)}  # fmt: skip
+    (ckpt / runs.META_FILE).write_text(json.dumps(meta))
+    model = ds.models.build("gpt2", vocab_size=32, max_positions=8, dim=16, depth=1, heads=2)
+    runs.load_trained_weights(model, ckpt)  # the weights load into today's layout
+    with pytest.raises(runs.CheckpointMismatchError, match="older layout of this model: its weights load"):
+        trainer(4).fit([(ids[:, :-1], ids[:, 1:])] * 4, resume="auto")

@@ -95,7 +95,7 @@ def render(plan: Any, checks: list[Any]) -> str:
     width = max([28, *(len(name) for name in plan.collectives)])
     lines.append(f"{'per rank (rank 0)':<{width + 2}} {'bytes':>12}")
     labels = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
-              "activations": "activations (estimate)", "gathered": "gathered (ZeRO-3)"}  # fmt: skip
+              "activations": "activations (estimate)", "gathered": "gathered (ZeRO-2/3)"}  # fmt: skip
     for key, label in labels.items():
         lines.append(f"  {label:<{width}} {_size(plan.memory[key]):>12}")
     if plan.memory["host"]:

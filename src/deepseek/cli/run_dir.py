@@ -33,6 +33,7 @@ RESUMABLE = (
     "train.gradient_checkpointing", "train.on_nonfinite",
     "optim.*", "scheduler.*",
     "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_last", "checkpoint.save_best",
+    "checkpoint.sharded", "checkpoint.async_save", "parallel.*",  # checkpoints resume at another layout
     "logging.*", "callbacks", "data.num_workers", "data.val_batch_size",
 )  # fmt: skip
 # ...except these, which pick another optimizer or schedule whose saved state would not fit

@@ -247,6 +247,12 @@ class ParallelSection(Strict):
     cpu_offload: bool = Field(
         default=False, description="FSDP2: keep the sharded parameters, gradients and optimizer state in host memory."
     )
+    meta_init: bool = Field(
+        default=False,
+        description="Build the model on the meta device, shard it, then give each rank memory for its shards only and "
+        "run the model's own init on them (same distribution, not the same values as an eager build); needs "
+        "zero_stage 2 or 3.",
+    )
 
     @field_validator("dp_shard")
     @classmethod
@@ -268,6 +274,9 @@ class ParallelSection(Strict):
         if reshard is not None and reshard != (stage == 3):  # what fsdp's strategy accepts
             raise ValueError(f"reshard_after_forward: {reshard} contradicts zero_stage: {stage}; allowed: null, or "
                              "true with zero_stage 3 (false is ZeRO-2; ZeRO-0/1 do not shard parameters)")  # fmt: skip
+        if self.meta_init and stage <= 1:
+            raise ValueError(f"meta_init: true needs zero_stage 2 or 3 (zero_stage {stage} holds the whole model on "
+                             "every rank)")  # fmt: skip
         if stage <= 1 and (self.cpu_offload or (stage == 1 and self.dp_replicate != 1)):
             raise ValueError(f"zero_stage: {stage} replicates parameters over the whole data-parallel world; "
                              "allowed: cpu_offload: false and dp_replicate: 1 (HSDP and offload need zero_stage "
@@ -292,6 +301,17 @@ class CheckpointSection(Strict):
     save_best: bool = Field(
         default=True,
         description="Save a checkpoint whenever the monitored value improves and name it in best.json; false: no best.",
+    )
+    sharded: Literal["auto", True, False] = Field(
+        default="auto",
+        description="Write checkpoints sharded, each rank its own shards through torch.distributed.checkpoint: "
+        "auto (sharded under fsdp zero_stage 2 or 3), true or false (one file of gathered weights). "
+        "Either kind resumes at another world size or strategy.",
+    )
+    async_save: bool = Field(
+        default=False,
+        description="Write sharded checkpoints in the background (dcp.async_save) while training goes on; each is "
+        "sealed (meta.json, rename) once written, at the next save or the end of the run. Needs sharded checkpoints.",
     )
 
 

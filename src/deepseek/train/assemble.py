@@ -27,6 +27,7 @@ from deepseek.runs import CONFIG_FILE, build_model
 from deepseek.train.callbacks import EarlyStopping
 from deepseek.train.checkpoint import write_text_atomic
 from deepseek.train.distributed import DistInfo, init_distributed, resolve_device
+from deepseek.train.meta_init import build_on_meta
 from deepseek.train.plan import strategy_spec
 from deepseek.train.rng import seed_everything
 from deepseek.train.sinks import sink_problems
@@ -88,7 +89,9 @@ def assemble(
     seed_everything(t.seed, t.deterministic)
     device = resolve_device(t.device)  # auto/cuda -> cuda:<LOCAL_RANK>: under torchrun each rank its own GPU
     dist = init_distributed(device)
-    model = build_model(cfg)
+    strategy = _strategy(cfg, dist)
+    # fsdp meta_init: parameters on the meta device, given memory and their init shard by shard (meta_init.py)
+    model = build_on_meta(lambda: build_model(cfg)) if getattr(strategy, "meta_init", False) else build_model(cfg)
     if t.gradient_checkpointing:
         if not callable(getattr(model, "gradient_checkpointing_enable", None)):
             raise ConfigError([f"train.gradient_checkpointing: model '{cfg.model.name}' has no gradient_checkpointing_enable(); "
@@ -136,12 +139,14 @@ def assemble(
         monitor=cfg.checkpoint.monitor,
         mode=cfg.checkpoint.mode,
         save_best=cfg.checkpoint.save_best,
+        sharded_checkpoint=cfg.checkpoint.sharded,
+        async_checkpoint=cfg.checkpoint.async_save,
         log_every_steps=cfg.logging.every_steps,
         tensorboard=cfg.logging.tensorboard,
         sinks=None if sinks is None else [{"name": s.name, **s.kwargs} for s in sinks],
         progress=progress or cfg.logging.progress,
         on_nonfinite=t.on_nonfinite,
-        strategy=_strategy(cfg, dist),
+        strategy=strategy,
     )
     save_to = Path(run_dir) if run_dir is not None and dist.is_main and save_config else None
     return Assembled(cfg, model, train_loader, val_loader, splits, kwargs, save_to)

@@ -159,7 +159,7 @@ class CheckpointManager:
             if best is not None:
                 self.mark_best(step, best)
             return final
-        tmp = self.directory / f".tmp-step-{step:08d}-{os.getpid()}"
+        tmp = self.tmp_dir(step)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             self._write(tmp, final, step, model, state)
@@ -175,16 +175,30 @@ class CheckpointManager:
     def _write(self, tmp: Path, final: Path, step: int, model: nn.Module, state: dict[str, Any]) -> None:
         tmp.mkdir()
         save_weights(model, tmp / MODEL_FILE)
+        self.seal(tmp, final, step, state)
+
+    def tmp_dir(self, step: int, pid: int | None = None) -> Path:
+        """The hidden directory checkpoint ``step`` is written into before its rename; ``pid`` names the
+        writing process (default: this one), which :meth:`prune` spares. Sharded saves use the main rank's."""
+        return self.directory / f".tmp-step-{step:08d}-{os.getpid() if pid is None else pid}"
+
+    def seal(
+        self, tmp: Path, final: Path, step: int, state: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> None:
+        """Finish a checkpoint whose other files are in ``tmp``: write ``state.pt``, then ``meta.json`` LAST
+        (every file under ``tmp`` with its size and SHA-256, plus ``extra``), fsync, rename ``tmp`` to ``final``."""
         with open(tmp / STATE_FILE, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        files = {
-            name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-            for name in (MODEL_FILE, STATE_FILE)
-        }
+        names = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+        for name in names:  # files other processes wrote (a sharded save's) reach the disk before meta.json
+            _fsync_file(tmp / name)
+        for sub in {(tmp / name).parent for name in names} - {tmp}:
+            _fsync_dir(sub)
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in names}
         meta = {"format_version": FORMAT_VERSION, "step": step, "epoch": state.get("epoch"), "time": time.time(),
-                "files": files}  # fmt: skip
+                **(extra or {}), "files": files}  # fmt: skip
         write_json_atomic(tmp / META_FILE, meta)
         _fsync_dir(tmp)
         os.rename(tmp, final)
@@ -265,9 +279,12 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool
     may hold files this release does not know to remove. The main rank then marks the directory with
     this release's format version (an older run resumed here is read as is and written in this one)."""
     version = check_run_format(run_dir)
+    # What the main rank finds, on every rank, before any rank goes on: a rank that starts late would
+    # otherwise see the logs the main rank has begun writing for this very run.
+    found = _as_main_rank_sees(earlier_run(run_dir) if is_main and not (resume or overwrite) else [])
     if overwrite and is_main:
         remove_earlier_run(run_dir)
-    elif not (resume or overwrite) and (found := earlier_run(run_dir)):
+    elif not (resume or overwrite) and found:
         shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise RunDirInUseError(
             f"run_dir '{run_dir}' already holds an earlier run ({shown}); pass resume='auto' to continue it, "
@@ -276,6 +293,15 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool
     if is_main and (version < FORMAT_VERSION or not (run_dir / FORMAT_FILE).is_file()):
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / FORMAT_FILE, {"format_version": FORMAT_VERSION})
+
+
+def _as_main_rank_sees(found: list[str]) -> list[str]:
+    """The main rank's ``found`` on every rank of the default process group (a collective), as is without one."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return found
+    box = [found]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def remove_earlier_run(run_dir: str | Path) -> None:

@@ -202,6 +202,17 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), comm_device(backend, device))
 
 
+def init_one_rank_group(device: torch.device) -> None:
+    """A group of this process alone, on a store of its own (a port the OS picks), for a strategy that needs
+    a group (``fsdp``) in a plain process without a launcher; it is this module's own, so
+    :func:`leaving_own_process_group` removes it like one :func:`init_distributed` created."""
+    global _created_group, _groups_created
+    store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+    bind = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1, **bind)
+    _created_group, _groups_created = dist.group.WORLD, _groups_created + 1
+
+
 def owns_process_group() -> bool:
     """True while the default group is one :func:`init_distributed` created (not the user's own)."""
     return _created_group is not None and dist.is_initialized() and dist.group.WORLD is _created_group

@@ -20,11 +20,15 @@ separately: the children of the model's largest ``nn.ModuleList`` (a transformer
 ``blocks``; every ModuleList of that length when several are), then the root, which holds the rest
 (embeddings, final norm, a tied head). ``param_dtype`` / ``reduce_dtype`` (``bf16``, ``fp16``, ``fp32``)
 build a ``MixedPrecisionPolicy``; ``cpu_offload`` a ``CPUOffloadPolicy`` (parameters, gradients and
-optimizer state live on the CPU).
+optimizer state live on the CPU). ``meta_init`` (ZeRO-2/3): the model was built on the meta device
+(:mod:`deepseek.train.meta_init`); setup gives each rank memory for its shards and replays the model's init.
+In a plain process (no launcher, no group) setup makes a one-rank group that ``fit()`` removes at its end.
 
 State for checkpoints and ``final/`` is the full, unsharded state (``torch.distributed.checkpoint.state_dict``
 with ``full_state_dict=True, cpu_offload=True``): gathering it is a collective every rank calls, and only
 rank 0 receives it (the others get ``{}``); loading takes the full state on every rank and shards it.
+Checkpoints under ZeRO-2/3 are sharded by default instead (``checkpoint.sharded``: each rank writes its own
+shards through DCP, :mod:`deepseek.train.sharded_checkpoint`); ``final/`` and ``sharded: false`` use these methods.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ import torch.distributed as torch_dist
 import torch.nn as nn
 
 from deepseek.registry import register_strategy
-from deepseek.train.distributed import DistInfo
+from deepseek.train.distributed import DistInfo, init_one_rank_group
+from deepseek.train.meta_init import initialise_shards, is_on_meta, parameter_names
 from deepseek.train.strategy import DDP
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -82,6 +87,7 @@ class FSDP(DDP):
         cpu_offload: bool = False,
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
+        meta_init: bool = False,
     ) -> None:
         def bad(key: str, value: Any, allowed: str) -> ValueError:
             return ValueError(f"train.strategy: fsdp {key}: {value!r} is not allowed; {allowed}")
@@ -107,6 +113,9 @@ class FSDP(DDP):
         self.zero_stage, self.dp_replicate, self.dp_shard = zero_stage, dp_replicate, dp_shard
         self.reshard_after_forward = zero_stage == 3
         self.cpu_offload, self.param_dtype, self.reduce_dtype = cpu_offload, param_dtype, reduce_dtype
+        if meta_init and zero_stage == 1:
+            raise bad("meta_init", meta_init, "it needs zero_stage 2 or 3 (ZeRO-1 holds the whole model on every rank)")
+        self.meta_init = bool(meta_init)  # the model is built on the meta device (deepseek.train.meta_init)
         self.mesh: Any = None  # the DeviceMesh of ZeRO-2/3, set by setup
         self._names: dict[int, str] = {}  # id of each parameter before sharding -> its name
 
@@ -124,9 +133,10 @@ class FSDP(DDP):
     def setup(self, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
         """ZeRO-1: the DDP-wrapped model. ZeRO-2/3: ``model`` itself, sharded in place (its parameters
         become DTensors, so :meth:`setup_optimizer` points the optimizer at them)."""
-        if not (torch_dist.is_available() and torch_dist.is_initialized()):
-            raise ValueError("train.strategy: 'fsdp' needs a process group; launch with torchrun "
-                             "(or `deepseek launch`), also for one process")  # fmt: skip
+        if not torch_dist.is_available():
+            raise ValueError("train.strategy: 'fsdp' needs torch.distributed, which this torch build lacks")
+        if not torch_dist.is_initialized():  # a plain process (no launcher): a world of one, on a group of its own
+            init_one_rank_group(device)  # fit() removes it at its end, like a group it joined from torchrun
         shape = self.mesh_shape(torch_dist.get_world_size())
         if self.zero_stage == 1:
             return super().setup(model, dist, device)
@@ -137,6 +147,7 @@ class FSDP(DDP):
         self._names = {id(p): name for name, p in model.named_parameters()}
         if isinstance(model, FSDPModule):  # a second fit() of a model sharded by the first: as it is
             return model
+        on_meta = parameter_names(model) if is_on_meta(model) else None  # before sharding replaces them
         self.mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
         kwargs: dict[str, Any] = {"mesh": self.mesh, "reshard_after_forward": self.reshard_after_forward}
         if self.param_dtype or self.reduce_dtype:
@@ -148,6 +159,14 @@ class FSDP(DDP):
         for block in block_modules(model):
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
+        if on_meta is not None:  # memory for this rank's shards only, then the model's own init on them
+            buffers = {name: b.detach().clone() for name, b in model.named_buffers()}  # real: to_empty drops them
+            model.to_empty(device=device)
+            with torch.no_grad():
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(buffers[name])
+            # seeded by the shard's index, not the rank: HSDP's replicas of one shard must start equal
+            initialise_shards(model, on_meta, self.mesh.get_local_rank("dp_shard"))
         return model
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:

@@ -3,14 +3,18 @@ each rank's memory and communication per step, computed from the model built on 
 
 Numbers are per rank, for the rank that holds the most (rank 0), in bytes:
 
-- parameters, gradients: the model's parameter bytes; under ZeRO-3 each parameter's FSDP2 shard (dim 0 cut
-  in ``ceil(rows / dp_shard)`` rows, padded the way FSDP2 allocates it), gradients sharded from ZeRO-2 on.
+- parameters, gradients: the model's parameter bytes; from ZeRO-2 on each parameter's FSDP2 shard (dim 0 cut
+  in ``ceil(rows / dp_shard)`` rows, padded the way FSDP2 allocates it), for gradients and parameters alike
+  (ZeRO-2 keeps shards too; its whole parameters count as gathered).
 - optimizer state: state tensors per parameter element, found by stepping the configured optimizer once on a
-  small parameter (AdamW: 2, SGD with momentum: 1, plain SGD: 0), sharded from ZeRO-1 on.
+  small parameter (AdamW: 2, SGD with momentum: 1, plain SGD: 0), sharded from ZeRO-1 on: ZeRO-2/3 per
+  parameter like the parameters; ZeRO-1 (``ZeroRedundancyOptimizer``) in whole parameters, the largest
+  share of its partition (a large embedding can outweigh ``1/N``).
 - activations: the bytes autograd saves for backward in one forward pass of a per-rank batch
   (``data.batch_size`` samples) on the meta device, parameters excluded (see :mod:`deepseek.train.plan_inputs`).
-- gathered: under ZeRO-3 the whole parameters all-gathered at once: the root's own (embeddings, head) and the
-  two largest blocks (the one running, the next one prefetched).
+- gathered: whole parameters all-gathered on top of the shards: under ZeRO-2 all of them, from forward to
+  backward; under ZeRO-3 at most the root's own (embeddings, head) and the two largest blocks (the one
+  running, the next one prefetched).
 - collectives (bytes each rank sends per step, ring algorithms, P = parameter bytes, N = ranks in the group):
   DDP all-reduce ``2 (N-1)/N P``; ZeRO-1 (DDP + ``ZeroRedundancyOptimizer``) that all-reduce + a broadcast of
   the stepped parameters ``(N-1)/N P``; ZeRO-2 reduce-scatter ``(N-1)/N P`` + all-gather ``(N-1)/N P``; ZeRO-3
@@ -104,10 +108,12 @@ def strategy_spec(cfg: Config, world: int) -> Any:
     if cfg.parallel is None:
         return strategy
     deg = resolve_degrees(cfg.parallel, world)
-    if deg.zero_stage == 0 or (world == 1 and strategy.name.lower() == "auto"):
+    if deg.zero_stage == 0 or (world == 1 and strategy.name.lower() == "auto" and not cfg.parallel.meta_init):
         return strategy  # auto: DDP on several ranks, the model as it is on one; or the named ddp/single_device
     fsdp = dict(zero_stage=deg.zero_stage, dp_replicate=deg.dp_replicate, dp_shard=deg.dp_shard,
                 reshard_after_forward=cfg.parallel.reshard_after_forward, cpu_offload=deg.cpu_offload)  # fmt: skip
+    if cfg.parallel.meta_init:  # on one process too: a model built on meta needs fsdp to give it memory
+        fsdp["meta_init"] = True
     return {"name": "fsdp", **fsdp, **strategy.kwargs}
 
 
@@ -141,6 +147,15 @@ def padded_numel(param: torch.Tensor, shards: int) -> int:
     if param.dim() == 0:
         return 1
     return math.ceil(param.shape[0] / shards) * (param.numel() // max(param.shape[0], 1))
+
+
+def zero1_share(numels: list[int], ranks: int) -> int:
+    """Elements of the largest share ``ZeroRedundancyOptimizer`` gives one of ``ranks``: whole parameters,
+    largest first, each to the rank with the fewest elements so far (its own partitioning)."""
+    sizes = [0] * ranks
+    for numel in sorted(numels, reverse=True):
+        sizes[sizes.index(min(sizes))] += numel
+    return max(sizes)
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
@@ -196,11 +211,13 @@ def make_plan(cfg: Config, model: nn.Module, world: int, device: str, activation
     sharded = sum(padded_numel(p, shards) * p.element_size() for p in params)
     states, state_size = optimizer_states_per_element(cfg)
     opt_full = states * state_size * count
-    opt = states * state_size * sum(padded_numel(p, shards) for p in params)
-    parameters = sharded if deg.zero_stage == 3 else full
-    gradients = sharded if deg.zero_stage >= 2 else full
+    if deg.zero_stage == 1:  # ZeroRedundancyOptimizer partitions whole parameters
+        opt = states * state_size * zero1_share([p.numel() for p in params], shards)
+    else:
+        opt = states * state_size * sum(padded_numel(p, shards) for p in params)
+    parameters = gradients = sharded if deg.zero_stage >= 2 else full  # FSDP2 allocates each rank's shard
     optimizer = opt if deg.zero_stage >= 1 else opt_full
-    gathered = 0
+    gathered = full if deg.zero_stage == 2 and shards > 1 else 0  # kept gathered from forward to backward
     if deg.zero_stage == 3 and shards > 1:  # the root's own parameters stay gathered; blocks come and go
         sizes = sorted(sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks_of(model))
         gathered = full - sum(sizes) + sum(sizes[-2:])  # the running block and the prefetched next one

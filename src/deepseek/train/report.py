@@ -61,6 +61,8 @@ def run_summary(trainer: Any) -> dict[str, Any]:
         **({"compile": jit_report(t.model)} if t._jitted else {}),
         "device": str(t.device),
         "world_size": t.dist.world_size,
+        "strategy": {"name": type(t.strategy).__name__.lower(),  # and what a sharding strategy was set to
+                     **{k: getattr(t.strategy, k) for k in ("zero_stage", "meta_init") if hasattr(t.strategy, k)}},
         "best": {"monitor": t.best.monitor, "value": t.best.best, "checkpoint": t.best_checkpoint},
         "stop_reason": stop_reason,
     }

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from deepseek.amp.policy import PrecisionPolicy
 from deepseek.jit_compile import JitFunction, jit, unjit
@@ -38,8 +37,6 @@ from deepseek.train.callbacks import CallbackList, EarlyStopping, Monitor
 from deepseek.train.checkpoint import (
     CheckpointManager,
     claim_run_dir,
-    save_weights_atomic,
-    write_json_atomic,
 )
 from deepseek.train.distributed import (
     DistInfo,
@@ -48,10 +45,13 @@ from deepseek.train.distributed import (
     leaving_own_process_group,
     resolve_device,
 )
+from deepseek.train.ema import ExponentialMovingAverage
 from deepseek.train.logger import RunLogger
-from deepseek.train.report import log_precision_events, run_summary, step_values
+from deepseek.train.meta_init import is_on_meta
+from deepseek.train.report import log_precision_events, step_values
+from deepseek.train.sharded_checkpoint import check_sharded_setting
 from deepseek.train.step import ON_NONFINITE, OptimizerStep
-from deepseek.train.strategy import ModelState, build_strategy, gathers_state, optimizer_and_scheduler
+from deepseek.train.strategy import build_strategy, gathers_state, optimizer_and_scheduler
 from deepseek.train.trainer_state import TrainerState
 from deepseek.train.trainer_validation import TrainerValidation
 
@@ -88,6 +88,8 @@ class Trainer(TrainerState, TrainerValidation):
         checkpoint_every_steps: int | None = None,
         checkpoint_every_minutes: float | None = 30.0,
         keep_last: int = 3,
+        sharded_checkpoint: bool | str = "auto",  # auto: sharded (DCP) under fsdp ZeRO-2/3; see sharded_checkpoint.py
+        async_checkpoint: bool = False,  # sharded checkpoints written while training goes on (dcp.async_save)
         monitor: str = "val/loss",
         mode: str = "min",
         save_best: bool = True,
@@ -132,6 +134,7 @@ class Trainer(TrainerState, TrainerValidation):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.ckpt_every_steps, self.ckpt_every_minutes = checkpoint_every_steps, checkpoint_every_minutes
         self.keep_last, self.save_best = keep_last, save_best
+        self.sharded_checkpoint, self.async_checkpoint = check_sharded_setting(sharded_checkpoint), async_checkpoint
         self.best = Monitor(monitor, mode)
         self.log_every_steps, self.tensorboard, self.progress = log_every_steps, tensorboard, progress
         self.sinks = sinks
@@ -145,13 +148,15 @@ class Trainer(TrainerState, TrainerValidation):
     def _setup(self, train_data: Iterable[Any], resume: str | Path | None) -> None:
         self.dist: DistInfo = init_distributed(self.device)  # self.device is already this rank's (LOCAL_RANK)
         self.strategy = build_strategy(self.strategy_arg, self.dist)
+        self._resolve_sharded_checkpoints()  # sharded checkpoints or not: known (and checked) before training
         self._lock_run_dir()  # one writer per run directory (the main rank); fit() gives it back
         if self.run_dir is not None and (self._overwrite or getattr(self, "_claimed_run_dir", None) != self.run_dir):
             # Before anything touches the model. A second run here would mix with the first; a second
             # fit() of this Trainer continues its own (unless it asks to overwrite).
             claim_run_dir(self.run_dir, resume=resume is not None, overwrite=self._overwrite, is_main=self.dist.is_main)
             self._claimed_run_dir = self.run_dir
-        self.model.to(self.device)
+        if not is_on_meta(self.model):  # a model built on the meta device gets its memory from the strategy
+            self.model.to(self.device)
         if getattr(self.optimizer, "bound", True) is False:  # deepseek.optim.MixedPrecision built without a model
             self.optimizer.bind(self.model)
         if getattr(self, "policy", None) is None:  # kept across fit() calls (progressive precision's hooks)
@@ -159,17 +164,16 @@ class Trainer(TrainerState, TrainerValidation):
         if hasattr(self.policy, "process_group"):  # progressive: the ranks decide promotions together
             self.policy.process_group = torch.distributed.group.WORLD if self.dist.enabled else None
         self._on_cpu = self.device.type == "cpu"
-        self.ema = None
-        if self.ema_decay is not None:
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
         self._jitted = bool(self.compile) and not isinstance(self.model.__dict__.get("forward"), JitFunction)
-        if self._jitted:  # after the EMA copy; autotune keeps eager where compiling does not pay
+        if self._jitted:  # autotune keeps eager where compiling does not pay
             jit(self.model, autotune=self.compile == "auto")
         self.total_steps = self._total_steps(train_data)
         # Set up first, then load: a sharding strategy wraps the model before it takes its sharded state; it
         # may re-point the optimizer at sharded parameters or wrap it, and the scheduler is built on that one.
         self.train_model: nn.Module = self.strategy.setup(self.model, self.dist, self.device)
         self._strategy_set_up = True  # teardown() once, also when what follows fails
+        # After set-up: the average is shaped and sharded like the parameters the model trains (ema.py).
+        self.ema = ExponentialMovingAverage(self.model, self.ema_decay, self.strategy) if self.ema_decay is not None else None
         self.optimizer, self.scheduler = optimizer_and_scheduler(
             self.strategy, self.optimizer, self.model, self._scheduler_arg, self.total_steps
         )
@@ -387,16 +391,7 @@ class Trainer(TrainerState, TrainerValidation):
         improved = False
         if val_data is not None and self._last_val_step != self.global_step and self.global_step > 0:
             improved = self._validate_and_track(val_data)
-        gathers = gathers_state(self.strategy)  # then every rank takes part in gathering what rank 0 writes
-        if (self.dist.is_main or gathers) and self.ckpt is not None:
-            self.save_checkpoint(best=improved)
-        summary = run_summary(self)
-        if (self.dist.is_main or gathers) and self.run_dir is not None:
-            final = ModelState(self.strategy, self.ema.module if self.ema is not None else self.model).snapshot()
-        if self.dist.is_main and self.run_dir is not None:
-            (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
-            save_weights_atomic(final, self.run_dir / "final" / "model.safetensors")  # type: ignore[arg-type]
-            write_json_atomic(self.run_dir / "summary.json", summary)
+        summary = self._save_last_and_final(improved)
         self.callbacks("on_train_end", self)
         if self.logger:
             self.logger.summary_table(summary)

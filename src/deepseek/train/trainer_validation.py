@@ -40,9 +40,15 @@ class TrainerValidation:
                 f"validate() over {info.world_size} ranks needs a process group: fit() left the one it created; "
                 "create it yourself (torch.distributed.init_process_group) before fit() to keep it afterwards"
             )
-        if getattr(self, "ema", None) is not None:
-            model = self.ema.module
-        elif self.__dict__.get("_strategy_set_up"):  # during fit()
+        ema = getattr(self, "ema", None)
+        if ema is not None:  # the average swapped into the model's own (maybe sharded) weights meanwhile
+            with ema.swapped_in():
+                self.ema = None
+                try:
+                    return self.validate(val_data)
+                finally:
+                    self.ema = ema
+        if self.__dict__.get("_strategy_set_up"):  # during fit()
             model = self.strategy.eval_module(self.model, self.train_model)
         else:
             model = self.model
