@@ -42,11 +42,11 @@ def test_gpt2_follows_the_reference_initialisation():
     depth = 4
     model = ds.models.build("gpt2", vocab_size=VOCAB, max_positions=64, dim=128, depth=depth, heads=4)
     assert abs(float(model.tok.weight.detach().std()) - 0.02) < 0.002
-    assert abs(float(model.blocks[0].attn.qkv.weight.detach().std()) - 0.02) < 0.002
+    assert abs(float(model.blocks[0].attn.q.weight.detach().std()) - 0.02) < 0.002
     residual = 0.02 / math.sqrt(2 * depth)  # GPT-2 scales the projections that write into the residual stream
     assert abs(float(model.blocks[0].attn.proj.weight.detach().std()) / residual - 1) < 0.1
     assert abs(float(model.blocks[0].mlp[2].weight.detach().std()) / residual - 1) < 0.1
-    assert float(model.blocks[0].attn.qkv.bias.detach().abs().max()) == 0.0
+    assert float(model.blocks[0].attn.v.bias.detach().abs().max()) == 0.0
     assert torch.equal(model.ln_f.weight, torch.ones(128)) and float(model.ln_f.bias.detach().abs().max()) == 0.0
 
 

@@ -46,15 +46,37 @@ def init_reference_weights(model: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def split_packed_qkv(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook of :class:`CausalSelfAttention`: weights saved while it packed q, k and v in
+    one ``qkv`` Linear (weight ``(3 * dim, dim)``, bias ``(3 * dim,)``, rows q then k then v) load into the
+    separate ``q``, ``k`` and ``v``. A packed tensor whose rows do not split in three is left for
+    ``load_state_dict`` to report as unexpected."""
+    for kind in ("weight", "bias"):
+        key = f"{prefix}qkv.{kind}"
+        if key in state_dict and state_dict[key].shape[0] % 3 == 0:
+            for name, part in zip(("q", "k", "v"), state_dict.pop(key).chunk(3, dim=0)):
+                state_dict[f"{prefix}{name}.{kind}"] = part
+
+
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention ``(N, L, dim) -> (N, L, dim)`` (and the ``(k, v)`` cache, each
+    ``(N, heads, L_past + L, dim // heads)``).
+
+    q, k and v are separate Linears (not one packed ``qkv``) so that a column-wise shard of each holds whole
+    heads, and the forward views with ``-1`` heads: under tensor parallelism it runs on a rank's local heads
+    (``deepseek.models.parallelize``). Files saved with the packed layout load through :func:`split_packed_qkv`.
+    """
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.heads, self.head_dim = heads, dim // heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.register_load_state_dict_pre_hook(split_packed_qkv)
 
     def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
-        n, length, dim = x.shape
-        q, k, v = (t.view(n, length, self.heads, -1).transpose(1, 2) for t in self.qkv(x).split(dim, dim=2))
+        n, length, _ = x.shape
+        q, k, v = (p(x).view(n, length, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if past is None:
@@ -65,7 +87,7 @@ class CausalSelfAttention(nn.Module):
             offset = k.shape[2] - length
             mask = torch.ones(length, k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(n, length, dim)), (k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, length, -1)), (k, v)
 
 
 class GPT2Block(nn.Module):

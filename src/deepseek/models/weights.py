@@ -93,6 +93,10 @@ def gpt2_keys(state: dict[str, torch.Tensor]) -> tuple[Mapped, list[str]]:
     for ours, (source, value) in mapped.items():
         if re.search(r"\.(qkv|proj|mlp\.\d)\.weight$", ours) and value.dim() == 2:
             mapped[ours] = (source, value.t())
+    for ours in [k for k in mapped if re.search(r"\.attn\.qkv\.(weight|bias)$", k)]:
+        source, value = mapped.pop(ours)  # c_attn packs q, k, v (rows, once transposed); ours are separate
+        for name, part in zip(("q", "k", "v"), value.chunk(3, dim=0)):
+            mapped[ours.replace(".qkv.", f".{name}.")] = (source, part)
     return {k: (prefix + s, v) for k, (s, v) in mapped.items()}, [prefix + k for k in unknown]
 
 
