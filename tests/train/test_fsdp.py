@@ -144,3 +144,16 @@ def test_a_scheduler_built_on_the_replaced_optimizer_is_refused(one_rank_group):
     trainer = _zero1_trainer(lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))
     with pytest.raises(ValueError, match=r"scheduler: it is bound to the optimizer that train\.strategy replaced"):
         trainer.fit([(torch.randn(2, 4), torch.randn(2, 2))] * 2)
+
+
+def test_a_sharded_gpt2_trains_without_fsdp_warnings(one_rank_group):
+    """gpt2's blocks return no (k, v) cache in training: FSDP2 warns when a wrapped module returns views."""
+    import warnings
+
+    model = ds.models.build("gpt2", vocab_size=32, max_positions=8, dim=16, depth=2, heads=2)
+    sharded = FSDP(zero_stage=3).setup(model, one_rank_group, torch.device("cpu"))
+    ids = torch.randint(0, 32, (2, 8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sharded(ids).sum().backward()
+    assert not [str(w.message) for w in caught if "view" in str(w.message)]

@@ -97,10 +97,12 @@ class GPT2Block(nn.Module):
         self.attn = CausalSelfAttention(dim, heads)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None, use_cache: bool = True):
+        """``(N, L, dim)`` -> ``(N, L, dim)`` and this block's ``(k, v)`` cache, or None with ``use_cache=False``
+        (training: returning k and v, views of the projections, makes FSDP2 warn about in-place ops on views)."""
         a, present = self.attn(self.ln1(x), past)
         x = x + a
-        return x + self.mlp(self.ln2(x)), present
+        return x + self.mlp(self.ln2(x)), (present if use_cache else None)
 
 
 class GPT2(GradientCheckpointing, nn.Module):
@@ -137,7 +139,7 @@ class GPT2(GradientCheckpointing, nn.Module):
     def run_blocks_pairs(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, L, dim)`` through every block without a cache (each block returns ``(x, present)``)."""
         for block in self.blocks:
-            x = (run_checkpointed(block, x) if self.checkpointing else block(x))[0]
+            x = (run_checkpointed(block, x, use_cache=False) if self.checkpointing else block(x, use_cache=False))[0]
         return x
 
     @torch.no_grad()
