@@ -6,6 +6,7 @@ is the only class that mixes this in, and it provides every attribute used here.
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 import warnings
@@ -264,8 +265,8 @@ def _refuse_an_older_layout(path: Path, model: torch.nn.Module) -> None:
     from deepseek.runs import MODEL_FILE, load_weights
 
     try:
-        copy = __import__("copy").deepcopy(model)  # only on this error path; loading must not touch the model
-        load_weights(copy, path / MODEL_FILE)  # strict, tied weights stored once, the model's load hooks run
+        trial = copy.deepcopy(model)  # only on this error path; loading must not touch the model
+        load_weights(trial, path / MODEL_FILE)  # strict, tied weights stored once, the model's load hooks run
     except Exception:  # a different model: the mismatch error stands as it is
         return
     raise CheckpointMismatchError(
