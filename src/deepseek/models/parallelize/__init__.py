@@ -1,8 +1,9 @@
 """Tensor-parallel plans, one per model family, kept beside the models and outside their classes (as
 torchtitan keeps each model's ``parallelize.py``): a plan takes a built model and a 1-D tensor-parallel
 :class:`~torch.distributed.device_mesh.DeviceMesh` and shards the model in place with DTensor's
-``parallelize_module``. :data:`PLANS` maps a registered model name to its plan, for the training strategy
-to look up; :func:`plan_for` does so with a one-line error for a model that has none.
+``parallelize_module``. :data:`PLANS` maps a registered model name to its plan and :data:`CHECKS` to the
+check of a ``tp`` degree against the model's sizes; :func:`plan_for` / :func:`plan_for_model` look a plan
+up by name or by the built model's class, with a one-line error for a model that has none.
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from deepseek.models.language import GPT2
 from deepseek.models.parallelize.language import check_tp_degree, parallelize_gpt2
 
 TensorParallelPlan = Callable[..., nn.Module]
+TensorParallelCheck = Callable[[nn.Module, int], None]
 
 # Registered model name -> its plan: ``plan(model, tp_mesh, *, sequence_parallel=False, loss_parallel=False)``.
 PLANS: dict[str, TensorParallelPlan] = {"gpt2": parallelize_gpt2}
+# Registered model name -> ``check(model, tp)``: ValueError naming ``parallel.tp`` unless ``tp`` divides the
+# sizes the plan shards (heads, hidden sizes); called before anything is sharded.
+CHECKS: dict[str, TensorParallelCheck] = {"gpt2": check_tp_degree}
+# The built model's class -> its registered name, for a strategy that holds the model, not its name.
+CLASSES: dict[type, str] = {GPT2: "gpt2"}
 
 
 def plan_for(name: str) -> TensorParallelPlan:
@@ -28,4 +36,26 @@ def plan_for(name: str) -> TensorParallelPlan:
     return PLANS[name]
 
 
-__all__ = ["PLANS", "TensorParallelPlan", "check_tp_degree", "parallelize_gpt2", "plan_for"]
+def name_of(model: nn.Module) -> str:
+    """The registered name whose plan shards ``model`` (by its class); ValueError when no plan takes it."""
+    for cls, name in CLASSES.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(
+        f"model {type(model).__name__} has no tensor-parallel plan (parallel.tp > 1 needs one of: "
+        f"{', '.join(sorted(PLANS))})"
+    )
+
+
+def plan_for_model(model: nn.Module) -> TensorParallelPlan:
+    """The tensor-parallel plan for a built ``model`` (looked up by its class)."""
+    return PLANS[name_of(model)]
+
+
+def check_tp(model: nn.Module, tp: int) -> None:
+    """ValueError naming ``parallel.tp`` unless ``model``'s plan can shard it ``tp`` ways."""
+    CHECKS[name_of(model)](model, tp)
+
+
+__all__ = ["CHECKS", "CLASSES", "PLANS", "TensorParallelCheck", "TensorParallelPlan", "check_tp",
+           "check_tp_degree", "name_of", "parallelize_gpt2", "plan_for", "plan_for_model"]  # fmt: skip
