@@ -1,5 +1,9 @@
-"""Per-rank parameter, gradient and optimizer-state memory under DDP and ZeRO-1/2/3, measured in real ranks
-beside what ``deepseek plan`` predicts, and each strategy's throughput beside DDP's.
+"""Per-rank parameter, gradient and optimizer-state memory under DDP, ZeRO-1/2/3 and tensor parallel x ZeRO-3,
+measured in real ranks beside what ``deepseek plan`` predicts, and each strategy's throughput beside DDP's.
+
+``zero3_tp2`` (issue 16) is gpt2's tensor-parallel plan (``deepseek.models.parallelize.parallelize_gpt2``) on
+the inner dim of a ``(dp_shard, tp)`` mesh and FSDP2 ZeRO-3 on the outer one, built directly (no strategy
+object): tp 2 at 2 ranks, dp 2 x tp 2 at 4; both ranks of a tp group read one batch.
 
 Every (strategy, world) runs in its own freshly spawned ranks (gloo on 127.0.0.1 on CPU, NCCL with one GPU
 per rank on CUDA) through the framework's own strategy objects (``ddp``; ``fsdp`` with ``zero_stage`` 1/2/3)
@@ -42,6 +46,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 STRATEGIES = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3}  # name -> ZeRO stage (0: plain DDP)
+# name -> (ZeRO stage, tp): gpt2's tensor-parallel plan on the inner mesh dim, FSDP2 on the rest (dp x tp)
+TP_LAYOUTS = {"zero3_tp2": (3, 2)}
 STATE_KEYS = ("parameters", "gradients", "optimizer_state")
 
 
@@ -108,8 +114,13 @@ def _rss_bytes() -> int:
 
 
 # ----------------------------------------------------------------------------------------- config and plan
-def config(args: argparse.Namespace, zero_stage: int) -> Any:
-    """The config both the ranks and the plan use: GPT-2 of the benchmark's size, AdamW, ``zero_stage``."""
+def layout(name: str) -> tuple[int, int]:
+    """(ZeRO stage, tp degree) of a strategy name of :data:`STRATEGIES` or :data:`TP_LAYOUTS`."""
+    return TP_LAYOUTS[name] if name in TP_LAYOUTS else (STRATEGIES[name], 1)
+
+
+def config(args: argparse.Namespace, zero_stage: int, tp: int = 1) -> Any:
+    """The config both the ranks and the plan use: GPT-2 of the benchmark's size, AdamW, ``zero_stage``, ``tp``."""
     from deepseek.config import load_config
 
     data = {
@@ -118,23 +129,39 @@ def config(args: argparse.Namespace, zero_stage: int) -> Any:
         "data": {"name": "chatterbot_lm", "seq_len": args.seq, "stride": args.seq, "batch_size": args.batch},
         "optim": {"name": "adamw", "lr": 1e-3},
         "train": {"loss": "token_cross_entropy"},
-        "parallel": {"zero_stage": zero_stage},
+        "parallel": {"zero_stage": zero_stage, "tp": tp},
     }  # fmt: skip
     return load_config(None, (), data=data)
 
 
-def predicted(args: argparse.Namespace, zero_stage: int, world: int) -> dict[str, int]:
+def predicted(args: argparse.Namespace, zero_stage: int, world: int, tp: int = 1) -> dict[str, int]:
     """What ``deepseek plan`` says per rank for this config and world: its memory dict (bytes)."""
     from deepseek.train.plan import make_plan
     from deepseek.train.plan_inputs import meta_model
 
-    cfg = config(args, zero_stage)
+    cfg = config(args, zero_stage, tp)
     return make_plan(cfg, meta_model(cfg), world, "cpu", None).memory
 
 
 # ----------------------------------------------------------------------------------------- the ranks
-def rank_run(rank: int, world: int, args: argparse.Namespace, zero_stage: int) -> dict[str, Any]:
-    """Train ``args.warmup + args.steps`` steps in the current process group; measure this rank."""
+def tensor_parallel(model: nn.Module, world: int, tp: int, device: torch.device) -> nn.Module:
+    """``model`` sharded on a ``(dp_shard, tp)`` mesh: gpt2's tensor-parallel plan over tp, then FSDP2 (ZeRO-3)
+    per block and the root over dp_shard (the layout the fsdp strategy gives ``parallel.tp``)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from deepseek.models.parallelize import parallelize_gpt2
+
+    mesh = init_device_mesh(device.type, (world // tp, tp), mesh_dim_names=("dp_shard", "tp"))
+    parallelize_gpt2(model, mesh["tp"])
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh["dp_shard"])
+    return fully_shard(model, mesh=mesh["dp_shard"])
+
+
+def rank_run(rank: int, world: int, args: argparse.Namespace, zero_stage: int, tp: int = 1) -> dict[str, Any]:
+    """Train ``args.warmup + args.steps`` steps in the current process group; measure this rank (``tp`` > 1:
+    sharded by :func:`tensor_parallel`, ZeRO-3 on the data dimension)."""
     import deepseek.train.fsdp  # noqa: F401 - registers and defines the fsdp strategy
     from deepseek.optim import build_optimizer
     from deepseek.runs import build_model
@@ -144,16 +171,20 @@ def rank_run(rank: int, world: int, args: argparse.Namespace, zero_stage: int) -
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    cfg = config(args, zero_stage)
+    cfg = config(args, zero_stage, tp)
     gc.collect()
     base_rss, base_alloc = _rss_bytes(), (torch.cuda.memory_allocated(device) if cuda else 0)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    strategy = DDP() if zero_stage == 0 else FSDP(zero_stage=zero_stage)
-    train_model = strategy.setup(model, DistInfo(rank, rank, world, device), device)
-    optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
-    optimizer = strategy.setup_optimizer(optimizer, model)
-    gen = torch.Generator().manual_seed(rank)
+    if tp > 1:  # no strategy object: the layout directly, as the fsdp strategy will build it
+        strategy, train_model = None, tensor_parallel(model, world, tp, device)
+        optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
+    else:
+        strategy = DDP() if zero_stage == 0 else FSDP(zero_stage=zero_stage)
+        train_model = strategy.setup(model, DistInfo(rank, rank, world, device), device)
+        optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
+        optimizer = strategy.setup_optimizer(optimizer, model)
+    gen = torch.Generator().manual_seed(rank // tp)  # a tp group reads one batch
     tokens = torch.randint(0, args.vocab, (args.warmup + args.steps, args.batch, args.seq + 1), generator=gen)
     out: dict[str, Any] = {}
     for step, batch in enumerate(tokens.to(device)):
@@ -179,12 +210,13 @@ def rank_run(rank: int, world: int, args: argparse.Namespace, zero_stage: int) -
     out["seconds"] = elapsed.item()
     out["peak_rss_growth"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
     del train_model, optimizer
-    strategy.teardown(model)
+    if strategy is not None:
+        strategy.teardown(model)
     gc.collect()  # DDP's reference cycles freed while the group lives (see DDP.teardown)
     return out
 
 
-def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, stage: int, results: Any) -> None:
+def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, name: str, results: Any) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     try:
@@ -195,7 +227,7 @@ def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, stage
         dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                                 timeout=timedelta(seconds=args.timeout))  # fmt: skip
         try:
-            value = rank_run(rank, world, args, stage)
+            value = rank_run(rank, world, args, *layout(name))
         finally:
             dist.destroy_process_group()
             del store
@@ -205,13 +237,13 @@ def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, stage
         results.put((rank, f"{type(exc).__name__}: {exc}"))
 
 
-def run_world(args: argparse.Namespace, stage: int, world: int) -> list[dict[str, Any]]:
+def run_world(args: argparse.Namespace, name: str, world: int) -> list[dict[str, Any]]:
     """:func:`rank_run` on ``world`` spawned ranks; each rank's measurements, by rank."""
     store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, timeout=timedelta(seconds=args.timeout),
                           wait_for_workers=False)  # fmt: skip
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, store.port, args, stage, results)) for r in range(world)]
+    procs = [ctx.Process(target=_rank_main, args=(r, world, store.port, args, name, results)) for r in range(world)]
     for proc in procs:
         proc.start()
     by_rank: dict[int, Any] = {}
@@ -249,16 +281,16 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], list[dict]], on
     """The memory and throughput tables, one line each; the rank that holds the most stands for each run."""
     lines = []
     cross = "CUDA allocated growth" if on_cuda else "RSS growth (now / peak)"
-    lines.append(f"{'strategy':<8}{'world':>6}  {'params':>8}{'grads':>8}{'optim':>8}{'state':>8}{'plan':>8}"
+    lines.append(f"{'strategy':<10}{'world':>6}  {'params':>8}{'grads':>8}{'optim':>8}{'state':>8}{'plan':>8}"
                  f"{'plan/meas':>10}{'<=15%':>6}{'gathered':>10}{'plan':>8}  {cross}  (MiB per rank)")  # fmt: skip
     for (name, world), ranks in runs.items():
         top = max(ranks, key=lambda r: sum(r[k] for k in STATE_KEYS))
         state = sum(top[k] for k in STATE_KEYS)
-        plan = predicted(args, STRATEGIES[name], world)
+        plan = predicted(args, *layout(name)[:1], world, tp=layout(name)[1])
         plan_state = sum(plan[k] or 0 for k in STATE_KEYS)
         ratio = plan_state / state
         growth = _mib(top["alloc_growth"]) if on_cuda else f"{_mib(top['rss_growth'])} / {_mib(top['peak_rss_growth'])}"
-        lines.append(f"{name:<8}{world:>6}  {_mib(top['parameters']):>8}{_mib(top['gradients']):>8}"
+        lines.append(f"{name:<10}{world:>6}  {_mib(top['parameters']):>8}{_mib(top['gradients']):>8}"
                      f"{_mib(top['optimizer_state']):>8}{_mib(state):>8}{_mib(plan_state):>8}{ratio:>10.3f}"
                      f"{_verdict(abs(ratio - 1) <= 0.15):>6}{_mib(top['gathered']):>10}{_mib(plan['gathered']):>8}"
                      f"  {growth}")  # fmt: skip
@@ -270,19 +302,21 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], list[dict]], on
             lines.append(f"ZeRO-3 at {world} ranks: per-rank state {_mib(z3)} MiB = {share:.3f} x (DDP's {_mib(ddp)} "
                          f"MiB / {world}); within 10%: {_verdict(abs(share - 1) <= 0.10)}")  # fmt: skip
     lines.append("")
-    lines.append(f"{'strategy':<8}{'world':>6}{'samples/s':>11}{'tokens/s':>11}{'vs ddp':>8}")
+    lines.append(f"{'strategy':<10}{'world':>6}{'samples/s':>11}{'tokens/s':>11}{'vs ddp':>8}")
     for (name, world), ranks in runs.items():
-        rate = args.steps * args.batch * world / ranks[0]["seconds"]
+        rate = args.steps * args.batch * world / layout(name)[1] / ranks[0]["seconds"]  # a tp group: one batch
         ddp_runs = runs.get(("ddp", world))
-        vs = f"{(ddp_runs[0]['seconds'] / ranks[0]['seconds']):.2f}x" if ddp_runs else "-"
-        lines.append(f"{name:<8}{world:>6}{rate:>11.1f}{rate * args.seq:>11.0f}{vs:>8}")
+        ddp_rate = args.steps * args.batch * world / ddp_runs[0]["seconds"] if ddp_runs else None
+        vs = f"{rate / ddp_rate:.2f}x" if ddp_rate else "-"  # samples/s: a tp group trains one batch
+        lines.append(f"{name:<10}{world:>6}{rate:>11.1f}{rate * args.seq:>11.0f}{vs:>8}")
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worlds", default="2,4", help="comma-separated world sizes")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"some of {', '.join(STRATEGIES)}")
+    names = [*STRATEGIES, *TP_LAYOUTS]
+    p.add_argument("--strategies", default=",".join(names), help=f"some of {', '.join(names)}")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one is measured)")
     p.add_argument("--quick", action="store_true", help="a smaller model and 3 timed steps")
@@ -297,15 +331,15 @@ def main() -> None:
         args.dim, args.depth, args.vocab, args.steps = 128, 2, 2048, 3
     args.worlds = [int(w) for w in args.worlds.split(",")]
     names = args.strategies.split(",")
-    if bad := [n for n in names if n not in STRATEGIES]:
-        p.error(f"--strategies: {bad[0]!r}; allowed: {', '.join(STRATEGIES)}")
+    if bad := [n for n in names if n not in STRATEGIES and n not in TP_LAYOUTS]:
+        p.error(f"--strategies: {bad[0]!r}; allowed: {', '.join([*STRATEGIES, *TP_LAYOUTS])}")
     on_cuda = torch.cuda.is_available()
     if on_cuda and max(args.worlds) > torch.cuda.device_count():
         p.error(f"--worlds: {max(args.worlds)} ranks need as many GPUs; this machine has {torch.cuda.device_count()}")
     # glibc keeps freed heap memory mapped, so RSS would count every allocation ever made; with a fixed
     # mmap threshold, tensors above 64 KiB get their own mapping and go back on free. The ranks inherit it.
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    runs = {(name, world): run_world(args, STRATEGIES[name], world) for world in args.worlds for name in names}
+    runs = {(name, world): run_world(args, name, world) for world in args.worlds for name in names}
     count = sum(p.numel() for p in _meta_params(args))
     print(f"GPT-2 dim={args.dim} depth={args.depth} vocab={args.vocab} seq={args.seq}, {count / 1e6:.2f} M parameters, "
           f"AdamW fp32, batch {args.batch} per rank, {'NCCL on CUDA' if on_cuda else 'gloo on CPU'}; "

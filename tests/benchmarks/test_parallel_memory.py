@@ -57,3 +57,26 @@ def test_one_rank_measures_what_the_plan_predicts():
         assert m["peak_rss_growth"] > 0  # the cross-check saw the model arrive
     assert measured[0]["gathered"] == measured[1]["gathered"] == 0  # DDP and ZeRO-1 parameters are never gathered
     assert measured[3]["gathered"] > 0  # FSDP2 gathers whole blocks for forward and backward, even on one rank
+
+
+TINY_TP = argparse.Namespace(dim=128, depth=2, vocab=64, seq=8, batch=2, warmup=0, steps=1)  # 2 heads: tp 2
+
+
+def _tp_worker(rank: int) -> dict:
+    return _benchmark().rank_run(rank, 2, TINY_TP, 3, tp=2)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow  # two spawned ranks importing torch: ~30 s on this machine
+def test_two_tensor_parallel_ranks_measure_what_the_plan_predicts():
+    """tp 2 x dp_shard 1 (parallelize_gpt2, then fully_shard over a one-rank data dimension): each rank holds
+    exactly the tp-local parameters and gradients the plan predicts, half the model's but the replicated ones."""
+    bench = _benchmark()
+    measured = run_ranks(_tp_worker, 2, timeout_s=180)
+    plan = bench.predicted(TINY_TP, 3, 2, tp=2)
+    whole = 4 * sum(p.numel() for p in bench._meta_params(TINY_TP))
+    tensors = len(bench._meta_params(TINY_TP))  # AdamW's 0-dim `step` per parameter, left out by the plan
+    for m in measured.values():
+        assert m["parameters"] == plan["parameters"] and m["gradients"] == plan["gradients"], (m, plan)
+        assert m["optimizer_state"] == plan["optimizer_state"] + 4 * tensors, (m, plan)
+        assert whole / 2 < m["parameters"] < 0.6 * whole  # norms, positions and row-wise biases stay whole

@@ -53,7 +53,10 @@ def test_world_from_torchruns_environment(capsys, config, monkeypatch):
                                                    "but the world has 6 ranks"),  # fmt: skip
         (["--world", "8", "parallel.dp_replicate=3"], "does not divide the world size 8"),
         (["--world", "0"], "--world: 0; allowed: 1 to 65536"),
-        (["--world", "4", "parallel.tp=2"], "parallel.tp: tensor and pipeline parallelism come in the next issue"),
+        (["--world", "4", "parallel.tp=2", "parallel.zero_stage=0"], "parallel: tp: 2 needs zero_stage 2 or 3"),
+        (["--world", "4", "parallel.tp=4"], "parallel.tp=4 must be a positive integer dividing gpt2's heads 2"),
+        (["--world", "4", "parallel.pp=4"], "parallel: pp x pp_stages_per_rank = 4 x 1 = 4 stages, but the model "
+                                            "has 2 blocks"),  # fmt: skip
     ],
 )
 def test_bad_degrees_are_one_line_and_exit_2(capsys, config, args, expected):

@@ -55,7 +55,7 @@ def test_bert_follows_the_reference_initialisation():
     model = ds.models.build("bert_base", vocab_size=VOCAB, dim=128, depth=2, heads=4)
     for weight in (model.word.weight, model.position.weight, model.blocks[0].ffn[0].weight, model.classifier.weight):
         assert abs(float(weight.detach().std()) - 0.02) < 0.002
-    assert abs(float(model.blocks[0].attn.in_proj_weight.detach().std()) - 0.02) < 0.002
-    assert float(model.blocks[0].attn.in_proj_bias.detach().abs().max()) == 0.0
+    assert abs(float(model.blocks[0].attn.q_proj.weight.detach().std()) - 0.02) < 0.002
+    assert float(model.blocks[0].attn.k_proj.bias.detach().abs().max()) == 0.0
     assert float(model.blocks[0].ffn[0].bias.detach().abs().max()) == 0.0
     assert torch.equal(model.emb_norm.weight, torch.ones(128))

@@ -130,7 +130,7 @@ def _torchvision_vit_keys(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     renames = [("cls", "class_token"), ("pos", "encoder.pos_embedding"), ("patchify.", "conv_proj."),
                ("norm.", "encoder.ln."), ("head.", "heads.head.")]  # fmt: skip
     out = {}
-    for key, value in ours.items():
+    for key, value in _packed_qkv(ours).items():
         for old, new in renames:
             if key.startswith(old) and (old.endswith(".") or key == old):
                 key = new + key[len(old) :]
@@ -142,8 +142,18 @@ def _torchvision_vit_keys(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+def _packed_qkv(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our separate ``attn.q_proj/k_proj/v_proj`` packed into ``attn.in_proj_*`` rows, as both layouts store them."""
+    out = dict(ours)
+    for key in [k for k in ours if ".attn.q_proj." in k]:
+        parts = [out.pop(key.replace("q_proj", p)) for p in ("q_proj", "k_proj", "v_proj")]
+        out[key.replace("q_proj.", "in_proj_")] = torch.cat(parts)
+    return out
+
+
 def _timm_vit_keys(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {"cls_token": ours["cls"], "pos_embed": ours["pos"]}
+    ours = _packed_qkv(ours)
     for key, value in ours.items():
         key = key.replace("patchify.", "patch_embed.proj.").replace("attn.in_proj_", "attn.qkv.")
         key = key.replace("attn.out_proj.", "attn.proj.").replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")

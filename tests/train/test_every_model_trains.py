@@ -112,8 +112,10 @@ def read_records(run_dir: Path) -> list[dict]:
 
 def test_every_example_config_is_valid_and_used_here():
     configs = {args[0] for args in RUNS.values()}
-    assert configs == {f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml")} - {"configs/quickstart.yaml"}
-    for config in sorted(configs):
+    # A layout for `deepseek plan` (1,024 ranks), validated here but not trained: it needs that many ranks.
+    plan_only = {"configs/gpt2_3d_1024.yaml"}
+    assert configs == {f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml")} - {"configs/quickstart.yaml"} - plan_only
+    for config in sorted(configs | plan_only):
         load_config(REPO / config)  # what `deepseek config validate` checks; raises ConfigError
     for model in RUNS:
         args = command(model, Path("unused"))

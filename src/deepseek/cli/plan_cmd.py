@@ -3,7 +3,11 @@
 Prints, per rank, the memory for parameters, gradients, optimizer state, activations and the gathered block,
 the bytes each collective sends per step, and whether it fits the device (exit 1 when it does not). With
 ``dp_shard`` > 1 under ZeRO-2/3, the model is also sharded with ``fully_shard`` under torch's fake process
-group for the whole world (rank 0 and the last rank), and the shards must match the plan's numbers.
+group for the whole world (rank 0 and the last rank), and the shards must match the plan's numbers. Under
+``tp`` / ``pp`` the model's degrees are checked first (:func:`~deepseek.train.plan.check_model_degrees`), and
+the table gains a section per dimension: tensor parallel (the rank's tp-local parameters, the activation share,
+activation collectives), pipeline (each pp rank's parameters, micro-batches in flight, the bytes per stage
+boundary, the bubble) and data parallel on what remains.
 """
 
 from __future__ import annotations
@@ -48,17 +52,25 @@ def _world(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from deepseek.config import load_config
-    from deepseek.train.plan import make_plan, parallel_of, resolve_degrees
-    from deepseek.train.plan_inputs import estimate_activations, meta_model
+    from deepseek.train.plan import check_model_degrees, make_plan, parallel_of, pipeline_blocks, resolve_degrees
+    from deepseek.train.plan_inputs import boundary_shape, estimate_activations, meta_model, sample_batch
     from deepseek.train.plan_shard import check_sharding
 
     cfg = load_config(args.config, args.overrides)
     world = _world(args)
     deg = resolve_degrees(parallel_of(cfg), world)  # a ConfigError (exit 2) before any model is built
     model = meta_model(cfg)
-    plan = make_plan(cfg, model, world, args.device, estimate_activations(cfg, model))
+    check_model_degrees(cfg, model)  # heads / blocks / experts against tp / pp / ep: exit 2 in one line
+    boundary = None
+    if deg.tp > 1 or deg.pp > 1:
+        try:
+            boundary = boundary_shape(model, pipeline_blocks(model), sample_batch(cfg))
+        except Exception:  # noqa: BLE001 - a dataset that needs a download: the plan says it is not estimated
+            boundary = None
+    plan = make_plan(cfg, model, world, args.device, estimate_activations(cfg, model), boundary)
     checks = []
-    if deg.zero_stage >= 2 and deg.dp_shard > 1:  # ZeRO-1 is DDP + ZeroRedundancyOptimizer: no fully_shard
+    # ZeRO-1 is DDP + ZeroRedundancyOptimizer: no fully_shard; tp / pp shard more than the 1-D check covers
+    if deg.zero_stage >= 2 and deg.dp_shard > 1 and deg.tp == 1 and deg.pp == 1:
         for rank in sorted({0, world - 1}):
             checks.append(check_sharding(meta_model(cfg), deg, rank))  # fully_shard changes the model: a fresh one
     if bad := [c for c in checks if not c.ok]:
@@ -92,8 +104,9 @@ def render(plan: Any, checks: list[Any]) -> str:
         f"x pp {d['pp']}; strategy {plan.strategy}, zero_stage {d['zero_stage']}; "
         f"{plan.parameter_count:,} parameters",
     ]
-    width = max([28, *(len(name) for name in plan.collectives)])
-    lines.append(f"{'per rank (rank 0)':<{width + 2}} {'bytes':>12}")
+    width = max([34 if plan.dimensions else 28, *(len(name) for name in plan.collectives)])
+    who = f"pp rank {plan.dimensions['pp']['pp_rank']}, the largest" if "pp" in plan.dimensions else "rank 0"
+    lines.append(f"{f'per rank ({who})':<{width + 2}} {'bytes':>12}")
     labels = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
               "activations": "activations (estimate)", "gathered": "gathered (ZeRO-2/3)"}  # fmt: skip
     for key, label in labels.items():
@@ -104,6 +117,7 @@ def render(plan: Any, checks: list[Any]) -> str:
     lines.append(f"{'collectives per step':<{width + 2}} {'bytes sent per rank':>12}")
     for name, sent in plan.collectives.items() or [("none (one data-parallel rank)", None)]:
         lines.append(f"  {name:<{width}} {'' if sent is None else _size(sent):>12}")
+    lines += _dimension_lines(plan.dimensions, width)
     for c in checks:
         lines.append(f"fully_shard check (fake process group, rank {c.rank}): {c.parameters} parameters, "
                      f"{c.local_elements:,} local elements, {'match' if c.ok else 'MISMATCH'}")  # fmt: skip
@@ -111,3 +125,27 @@ def render(plan: Any, checks: list[Any]) -> str:
     verdict = "fits" if plan.fits else "does NOT fit"
     lines.append(f"{verdict} {plan.device} ({_size(plan.device_bytes)}; the plan allows itself 90% of it)")
     return "\n".join(lines)
+
+
+
+def _dimension_lines(dims: dict[str, Any], width: int) -> list[str]:
+    """One section per parallel dimension (tp, pp, dp) of a plan with tp or pp > 1."""
+    lines: list[str] = []
+    if tp := dims.get("tp"):
+        lines.append(f"tensor parallel (tp {tp['degree']}{', sequence parallel' if tp['sequence_parallel'] else ''})")
+        lines.append(f"  {'parameters (tp-local, before dp)':<{width}} {_size(tp['parameters']):>12}")
+        lines.append(f"  {'activations kept':<{width}} {tp['activation_ratio']:>12.3f}")
+        lines += [f"  {k:<{width}} {_size(v):>12}" for k, v in tp["collectives"].items()]
+    if pp := dims.get("pp"):
+        lines.append(f"pipeline (pp {pp['degree']}, {pp['schedule']}, {pp['microbatches']} micro-batches, "
+                     f"{pp['stages_per_rank']} stage(s) per rank)")  # fmt: skip
+        for r, size in enumerate(pp["stage_parameters"]):
+            lines.append(f"  {f'pp rank {r} parameters (before dp)':<{width}} {_size(size):>12}")
+        lines.append(f"  {'micro-batches in flight':<{width}} {pp['in_flight']:>12}")
+        lines.append(f"  {'stage boundary per micro-batch':<{width}} {_size(pp['boundary_bytes']):>12}")
+        lines += [f"  {k:<{width}} {_size(v):>12}" for k, v in pp["collectives"].items()]
+        lines.append(f"  {'bubble':<{width}} {pp['bubble']:>12.1%}")
+    if dp := dims.get("dp"):
+        lines.append(f"data parallel (dp {dp['degree']}) on the rank's {_size(dp['parameters'])} of parameters")
+        lines += [f"  {k:<{width}} {_size(v):>12}" for k, v in dp["collectives"].items()]
+    return lines

@@ -148,17 +148,20 @@ _REPLICATED_STRATEGIES = ("auto", "ddp", "single_device", "single")  # what para
 
 
 def parallel_problems(cfg: Config, source: str) -> list[str]:
-    """``parallel`` and an explicit ``train.strategy`` must agree: zero_stage 0 goes with auto/ddp/single_device,
-    1-3 with auto/fsdp (and fsdp's own arguments, where given, must equal parallel's). The world size is not
+    """``parallel`` and an explicit ``train.strategy`` must agree: pp > 1 goes with auto/pipeline, ep > 1 with
+    auto/expert_parallel, else zero_stage 0 with auto/ddp/single_device and 1-3 with auto/fsdp (and fsdp's own arguments, where given, must equal parallel's). The world size is not
     known here: the degrees are checked against it by ``deepseek plan`` and at the start of every run."""
     par, strategy = cfg.parallel, cfg.train.strategy
     if par is None or strategy.name.lower() == "auto":
         return []
     name = strategy.name.lower()
-    selected = "ddp" if par.zero_stage == 0 else "fsdp"
-    allowed = _REPLICATED_STRATEGIES if par.zero_stage == 0 else ("auto", "fsdp")
+    # What strategy_spec picks: pipeline under pp, expert_parallel under ep, else by the ZeRO stage.
+    selected = ("pipeline" if par.pp > 1 else "expert_parallel" if par.ep > 1
+                else "ddp" if par.zero_stage == 0 else "fsdp")  # fmt: skip
+    allowed = _REPLICATED_STRATEGIES if selected == "ddp" else ("auto", selected)
     if name not in allowed:
-        return [f"{source}: train.strategy: {shown(strategy.name)} contradicts parallel.zero_stage: {par.zero_stage}, "
+        why = f"pp: {par.pp}" if par.pp > 1 else f"ep: {par.ep}" if par.ep > 1 else f"zero_stage: {par.zero_stage}"
+        return [f"{source}: train.strategy: {shown(strategy.name)} contradicts parallel.{why}, "
                 f"which selects '{selected}'; allowed: train.strategy one of {', '.join(allowed)}, or remove one "
                 "of the two"]  # fmt: skip
     own = par.model_dump()

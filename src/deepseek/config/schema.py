@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from deepseek.config.parallel_rules import model_parallel_problem
+
 Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "progressive"]
 NonFinite = Literal["stop", "skip", "ignore"]
 
@@ -212,15 +214,14 @@ class TrainSection(Strict):
         return self
 
 
-PARALLEL_LATER = "tensor and pipeline parallelism come in the next issue; allowed now: 1"
-
-
 class ParallelSection(Strict):
     """How the world of ranks is split (torchtitan's names): ``dp_replicate x dp_shard x tp x pp`` ranks.
 
     It picks the strategy: ``zero_stage`` 0 is plain DDP over ``dp_replicate x dp_shard`` ranks (one process:
     no wrapper); 1, 2 and 3 are FSDP2 (``fsdp``) sharding over ``dp_shard`` ranks, and HSDP (replicas of the
-    shards) when ``dp_replicate`` > 1. ``train.strategy`` stays the explicit override; both given must agree.
+    shards) when ``dp_replicate`` > 1. ``tp`` > 1 adds tensor parallelism to ``fsdp``; ``pp`` > 1 selects the
+    ``pipeline`` strategy (its schedule owns the step); ``ep`` > 1 the ``expert_parallel`` strategy (experts
+    sharded over the data-parallel ranks). ``train.strategy`` stays the explicit override; both given must agree.
     """
 
     dp_replicate: PositiveInt = Field(
@@ -232,8 +233,49 @@ class ParallelSection(Strict):
         description="Data-parallel ranks that shard parameters, gradients and optimizer state between them; -1: "
         "the rest of the world (world / (dp_replicate x tp x pp)).",
     )
-    tp: PositiveInt = Field(default=1, description=f"Tensor-parallel degree; {PARALLEL_LATER}.")
-    pp: PositiveInt = Field(default=1, description=f"Pipeline-parallel degree; {PARALLEL_LATER}.")
+    tp: PositiveInt = Field(
+        default=1, description="Tensor-parallel degree: each layer's heads and hidden features split over tp ranks "
+        "(the model's plan in deepseek.models.parallelize); > 1 needs zero_stage 2 or 3."
+    )
+    pp: PositiveInt = Field(
+        default=1, description="Pipeline-parallel degree: the blocks split into pp stages, one per rank (or "
+        "pp_stages_per_rank each); > 1 needs zero_stage 2 or 3."
+    )
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = Field(
+        default="1f1b",
+        description="Pipeline schedule (torch.distributed.pipelining): gpipe (all forwards, then all backwards), "
+        "1f1b (one forward, one backward: at most pp micro-batches in flight), interleaved_1f1b (several stages "
+        "per rank, a smaller bubble).",
+    )
+    pp_microbatches: Optional[PositiveInt] = Field(
+        default=None,
+        description="Micro-batches each per-rank batch is split into for the pipeline; null: pp. 1f1b needs at "
+        "least pp; interleaved_1f1b a multiple of max(1, pp_microbatches // pp).",
+    )
+    pp_stages_per_rank: PositiveInt = Field(
+        default=1, description="Pipeline stages each rank holds: 1 for gpipe and 1f1b, 2 or more for interleaved_1f1b."
+    )
+    pp_split: Optional[list[PositiveInt]] = Field(
+        default=None,
+        description="Blocks per pipeline stage, pp x pp_stages_per_rank numbers summing to the model's blocks; "
+        "null: an even split (the number of blocks must then divide by pp x pp_stages_per_rank).",
+    )
+    ep: PositiveInt = Field(
+        default=1,
+        description="Expert-parallel degree (MoE models): the experts split over ep of the data-parallel ranks, "
+        "tokens sent to them by all-to-all; > 1 needs tp 1, pp 1 and zero_stage 0, and must divide the "
+        "data-parallel degree.",
+    )
+    sequence_parallel: bool = Field(
+        default=False,
+        description="Tensor parallel: norms and the residual stream split along the sequence over the tp ranks "
+        "(less activation memory); needs tp > 1 and a sequence length divisible by tp.",
+    )
+    loss_parallel: bool = Field(
+        default=False,
+        description="Tensor parallel: the cross-entropy computed on vocabulary-sharded logits (never gathered "
+        "whole); needs tp > 1.",
+    )
     zero_stage: Literal[0, 1, 2, 3] = Field(
         default=0,
         description="0: plain DDP (all state replicated); 1: optimizer state sharded; 2: also gradients; 3: also "
@@ -261,13 +303,6 @@ class ParallelSection(Strict):
             raise ValueError("must be a positive number of ranks, or -1 for the rest of the world")
         return value
 
-    @field_validator("tp", "pp")
-    @classmethod
-    def _later(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(PARALLEL_LATER)
-        return value
-
     @model_validator(mode="after")
     def _fits_the_stage(self) -> ParallelSection:
         stage, reshard = self.zero_stage, self.reshard_after_forward
@@ -281,7 +316,10 @@ class ParallelSection(Strict):
             raise ValueError(f"zero_stage: {stage} replicates parameters over the whole data-parallel world; "
                              "allowed: cpu_offload: false and dp_replicate: 1 (HSDP and offload need zero_stage "
                              "2 or 3)")  # fmt: skip
+        if problem := model_parallel_problem(self):
+            raise ValueError(problem)
         return self
+
 
 
 class CheckpointSection(Strict):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deepseek.models.blocks import GradientCheckpointing
+from deepseek.models.blocks import GradientCheckpointing, MultiHeadAttention
 from deepseek.nn.checkpointing import run_checkpointed
 from deepseek.registry import register_model
 
@@ -187,13 +187,13 @@ class BertLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn = MultiHeadAttention(dim, heads, dropout=dropout)  # q/k/v split: tensor parallel shards heads
         self.ln1, self.ln2 = nn.LayerNorm(dim, eps=1e-12), nn.LayerNorm(dim, eps=1e-12)
         self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.ln1(x + self.drop(self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]))
+        x = self.ln1(x + self.drop(self.attn(x, key_padding_mask=pad)))
         return self.ln2(x + self.drop(self.ffn(x)))
 
 

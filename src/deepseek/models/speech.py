@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from deepseek.models.blocks import GradientCheckpointing
+from deepseek.models.blocks import GradientCheckpointing, MultiHeadAttention
 from deepseek.nn.checkpointing import checkpoint_modules
 from deepseek.registry import register_model
 
@@ -115,6 +115,76 @@ class Conformer(GradientCheckpointing, nn.Module):
         return F.log_softmax(self.decoder(self.run_blocks(x)), dim=-1)
 
 
+class TransformerEncoderLayer(nn.Module):
+    """``nn.TransformerEncoderLayer(batch_first=True)`` (post-norm, ReLU) with the same parameter names, but
+    :class:`~deepseek.models.blocks.MultiHeadAttention` (q/k/v split) as ``self_attn``: ``(N, S, D) -> (N, S, D)``."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(dim, heads, dropout)
+        self.linear1, self.dropout, self.linear2 = nn.Linear(dim, ff), nn.Dropout(dropout), nn.Linear(ff, dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """``pad (N, S)``: True at padding, which no position attends to."""
+        x = self.norm1(x + self.dropout1(self.self_attn(x, key_padding_mask=pad)))
+        return self.norm2(x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+
+
+class TransformerDecoderLayer(nn.Module):
+    """``nn.TransformerDecoderLayer(batch_first=True)`` with the same parameter names: causal ``self_attn``,
+    cross-attention ``multihead_attn`` to the encoder's ``memory (N, S, D)``: ``(N, T, D) -> (N, T, D)``."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn, self.multihead_attn = MultiHeadAttention(dim, heads, dropout), MultiHeadAttention(dim, heads, dropout)
+        self.linear1, self.dropout, self.linear2 = nn.Linear(dim, ff), nn.Dropout(dropout), nn.Linear(ff, dim)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, tgt_pad: torch.Tensor | None = None,
+                memory_pad: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        x = self.norm1(x + self.dropout1(self.self_attn(x, key_padding_mask=tgt_pad, is_causal=True)))
+        x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, memory, key_padding_mask=memory_pad)))
+        return self.norm3(x + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+
+
+class EncoderDecoder(nn.Module):
+    """The layers of ``nn.Transformer(batch_first=True)`` under its parameter names (``encoder.layers.N``,
+    ``encoder.norm``, ``decoder.layers.N``, ``decoder.norm``) and initialisation (Xavier-uniform weights), so
+    files saved from the ``nn.Transformer`` version load (the packed ``in_proj_weight`` is split on load)."""
+
+    def __init__(self, dim: int, heads: int, encoder_layers: int, decoder_layers: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.encoder, self.decoder = nn.Module(), nn.Module()
+        self.encoder.layers = nn.ModuleList(
+            [TransformerEncoderLayer(dim, heads, ff, dropout) for _ in range(encoder_layers)]
+        )
+        self.decoder.layers = nn.ModuleList(
+            [TransformerDecoderLayer(dim, heads, ff, dropout) for _ in range(decoder_layers)]
+        )
+        self.encoder.norm, self.decoder.norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        for name, p in self.named_parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+                if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+                    # as over nn.Transformer's packed (3 * dim, dim) in_proj_weight
+                    nn.init.uniform_(p, -math.sqrt(6.0 / (4 * dim)), math.sqrt(6.0 / (4 * dim)))
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_pad: torch.Tensor | None = None,
+                tgt_pad: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """``src (N, S, D)``, ``tgt (N, T, D)``, pads bool ``(N, S)`` / ``(N, T)`` -> ``(N, T, D)``."""
+        memory = src
+        for layer in self.encoder.layers:
+            memory = layer(memory, src_pad)
+        memory = self.encoder.norm(memory)
+        x = tgt
+        for layer in self.decoder.layers:
+            x = layer(x, memory, tgt_pad, src_pad)
+        return self.decoder.norm(x)
+
+
 class Seq2SeqTransformer(GradientCheckpointing, nn.Module):
     """``(source ids (N, S), target-input ids (N, T))`` -> logits ``(N, T, tgt_vocab)`` (causal decoder).
 
@@ -128,11 +198,11 @@ class Seq2SeqTransformer(GradientCheckpointing, nn.Module):
                  pad_id: int | None = 0) -> None:  # fmt: skip
         super().__init__()
         self.src_embed, self.tgt_embed = nn.Embedding(src_vocab, d_model), nn.Embedding(tgt_vocab, d_model)
-        self.core = nn.Transformer(d_model, heads, encoder_layers, decoder_layers, ff, dropout, batch_first=True)
+        self.core = EncoderDecoder(d_model, heads, encoder_layers, decoder_layers, ff, dropout)
         self.head, self.scale, self.pad_id = nn.Linear(d_model, tgt_vocab), math.sqrt(d_model), pad_id
 
-    # nn.Transformer loops over its layers itself, so each layer's forward is swapped for a checkpointed one.
-    _LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    # The core loops over its layers itself, so each layer's forward is swapped for a checkpointed one.
+    _LAYERS = (TransformerEncoderLayer, TransformerDecoderLayer)
 
     def gradient_checkpointing_enable(self) -> None:
         super().gradient_checkpointing_enable()
@@ -155,18 +225,8 @@ class Seq2SeqTransformer(GradientCheckpointing, nn.Module):
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]) -> torch.Tensor:
         src, tgt = (batch["src"], batch["tgt"]) if isinstance(batch, dict) else batch
-        # bool like the padding masks (True: may not attend), as mixing float and bool masks is deprecated
-        mask = torch.ones(tgt.shape[1], tgt.shape[1], dtype=torch.bool, device=tgt.device).triu(1)
-        src_pad, tgt_pad = self.padding(src), self.padding(tgt)
-        out = self.core(
-            self.embed(self.src_embed, src),
-            self.embed(self.tgt_embed, tgt),
-            tgt_mask=mask,
-            tgt_is_causal=True,
-            src_key_padding_mask=src_pad,
-            tgt_key_padding_mask=tgt_pad,
-            memory_key_padding_mask=src_pad,
-        )
+        src_pad, tgt_pad = self.padding(src), self.padding(tgt)  # the decoder's self-attention is also causal
+        out = self.core(self.embed(self.src_embed, src), self.embed(self.tgt_embed, tgt), src_pad, tgt_pad)
         return self.head(out)
 
 

@@ -102,7 +102,7 @@ def gpt2_keys(state: dict[str, torch.Tensor]) -> tuple[Mapped, list[str]]:
 
 def bert_keys(state: dict[str, torch.Tensor]) -> tuple[Mapped, list[str]]:
     """HF ``BertModel`` / ``BertFor*`` keys (``bert.`` prefix optional); ``self.query/key/value`` become the
-    ``in_proj`` of our ``nn.MultiheadAttention`` (rows stacked q, k, v)."""
+    ``q_proj`` / ``k_proj`` / ``v_proj`` of our :class:`~deepseek.models.blocks.MultiHeadAttention`."""
     renamed = {re.sub(r"\.beta$", ".bias", k): v for k, v in _strip(state, "bert.").items()}  # TF-converted names
     state = {re.sub(r"\.gamma$", ".weight", k): v for k, v in renamed.items()}
     norm = r"LayerNorm\.(weight|bias)"
@@ -129,8 +129,9 @@ def bert_keys(state: dict[str, torch.Tensor]) -> tuple[Mapped, list[str]]:
         for kind in ("weight", "bias"):
             names = [f"encoder.layer.{layer}.attention.self.{p}.{kind}" for p in ("query", "key", "value")]
             if all(n in state for n in names) and len({state[n].shape[1:] for n in names}) == 1:
-                mapped[f"blocks.{layer}.attn.in_proj_{kind}"] = ("+".join(names), torch.cat([state[n] for n in names]))
-            else:  # incomplete or not stackable: named as unknown, and our in_proj as missing
+                for name, ours in zip(names, ("q_proj", "k_proj", "v_proj")):
+                    mapped[f"blocks.{layer}.attn.{ours}.{kind}"] = (name, state[name])
+            else:  # incomplete or not stackable: named as unknown, and our q/k/v as missing
                 unknown += [f"{n}{tuple(state[n].shape)}" for n in names if n in state]
     return mapped, unknown
 
@@ -157,12 +158,20 @@ def vit_keys(state: dict[str, torch.Tensor]) -> tuple[Mapped, list[str]]:
         (rf"{tv}\.mlp\.(?:linear_1|0)\.(weight|bias)", r"blocks.\1.mlp.0.\2"),
         (rf"{tv}\.mlp\.(?:linear_2|3)\.(weight|bias)", r"blocks.\1.mlp.3.\2"),
         (r"blocks\.(\d+)\.(norm[12]\.(weight|bias))", r"blocks.\1.\2"),
-        (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"blocks.\1.attn.in_proj_\2"),
+        (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"blocks.\1.attn.in_proj_\2"),  # split below
         (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"blocks.\1.attn.out_proj.\2"),
         (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"blocks.\1.mlp.0.\2"),
         (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"blocks.\1.mlp.3.\2"),
     ]  # fmt: skip
-    return _rename(state, rules, "")
+    mapped, unknown = _rename(state, rules, "")
+    for ours in [k for k in mapped if re.search(r"\.attn\.in_proj_(weight|bias)$", k)]:
+        source, value = mapped.pop(ours)  # packed q, k, v rows (both layouts); ours are separate
+        if value.shape[0] % 3:
+            unknown.append(f"{source}{tuple(value.shape)}")
+            continue
+        for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+            mapped[ours.replace(".in_proj_", f".{name}.")] = (source, part)
+    return mapped, unknown
 
 
 # Per family: the key mapper and our keys a checkpoint may lack (task heads, kept at their initialisation).

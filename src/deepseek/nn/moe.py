@@ -10,7 +10,8 @@ loss ``aux_loss_weight * E * sum_e f_e * P_e`` (``f_e``: share of tokens whose f
 that has one to the training loss.
 
 Routing (:meth:`MoE.route`) is separate from running the experts (:meth:`MoE.run_experts`): expert
-parallelism can replace the latter with an all-to-all exchange without touching the router.
+parallelism (:mod:`deepseek.nn.expert_parallel`) replaces the latter with an all-to-all exchange and takes
+the capacity and the aux loss over the global batch, without touching the router.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -77,6 +79,9 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList([make() for _ in range(num_experts)])
         self.aux_loss: torch.Tensor | None = None
         self.last_dispatch: Dispatch | None = None
+        # An ExpertParallel (typed Any: that module imports this one) set by deepseek.nn.expert_parallel's
+        # parallelize_experts: experts split over ranks, all-to-all dispatch, routing statistics global.
+        self.expert_parallel: Any = None
 
     def capacity(self, tokens: int) -> int:
         return max(1, math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts))
@@ -93,7 +98,13 @@ class MoE(nn.Module):
         flat_gate = gate.t().reshape(-1)
         one_hot = F.one_hot(flat_expert, self.num_experts)
         position = (one_hot.cumsum(0) - 1).gather(1, flat_expert[:, None]).squeeze(1)
-        cap = self.capacity(t)
+        if self.expert_parallel is None:
+            cap = self.capacity(t)
+        else:  # capacity and queue positions of one process on the global batch (every rank's tokens)
+            slot_counts = one_hot.view(self.top_k, t, self.num_experts).sum(1)  # (k, E); t may be 0 (all padding)
+            offset, cap = self.expert_parallel.global_queue(slot_counts, self.capacity)
+            slot = torch.arange(self.top_k, device=tokens.device).repeat_interleave(t)
+            position = position + offset[slot, flat_expert]
         keep = position < cap
         dispatch = Dispatch(
             expert=flat_expert[keep], token=flat_token[keep], gate=flat_gate[keep].to(tokens.dtype),
@@ -120,13 +131,26 @@ class MoE(nn.Module):
         real = None if token_mask is None else token_mask.reshape(-1).bool().nonzero().squeeze(1)
         routed = tokens if real is None else tokens[real]
         dispatch, probs = self.route(routed)
-        first_choice = F.one_hot(probs.argmax(-1), self.num_experts).float().mean(0)
-        self.aux_loss = self.aux_loss_weight * self.num_experts * (first_choice * probs.mean(0)).sum()
+        self.aux_loss = self.load_balancing_loss(probs)
         self.last_dispatch = dispatch
-        out = self.run_experts(routed, dispatch)
+        if self.expert_parallel is None:
+            out = self.run_experts(routed, dispatch)
+        else:
+            out = self.expert_parallel.run_experts(self, routed, dispatch)
         if real is not None:
             out = out.new_zeros(tokens.shape[0], out.shape[1]).index_copy(0, real, out)
         return out.reshape(x.shape)
+
+    def load_balancing_loss(self, probs: torch.Tensor) -> torch.Tensor:
+        """The Switch aux loss (a scalar) of router probabilities ``probs (T, E)``; under expert parallelism
+        over the global batch: the per-expert sums and the token count are summed over the data group."""
+        first_choice = F.one_hot(probs.argmax(-1), self.num_experts).float()
+        if self.expert_parallel is None:
+            return self.aux_loss_weight * self.num_experts * (first_choice.mean(0) * probs.mean(0)).sum()
+        count = probs.new_full((1,), probs.shape[0])
+        stats = self.expert_parallel.load_balance_stats(torch.cat([probs.sum(0), first_choice.sum(0), count]))
+        prob_mean, first_share = stats[: self.num_experts] / stats[-1], stats[self.num_experts : -1] / stats[-1]
+        return self.aux_loss_weight * self.num_experts * (first_share * prob_mean).sum()
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_experts={self.num_experts}, top_k={self.top_k}, capacity_factor={self.capacity_factor}"

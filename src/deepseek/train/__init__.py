@@ -1,7 +1,7 @@
 """Training: the Trainer, checkpoints, callbacks, metrics, precision and distributed set-up."""
 
 from deepseek.amp.policy import resolve_precision
-from deepseek.train import fsdp, losses, task_metrics  # noqa: F401  (register the fsdp strategy, task losses, metrics)
+from deepseek.train import expert_parallel, fsdp, losses, pipeline, task_metrics  # noqa: F401  (register the strategies, task losses, metrics)
 from deepseek.train.callbacks import CallbackList, EarlyStopping
 from deepseek.train.checkpoint import CheckpointError, CheckpointManager
 from deepseek.train.isolation import isolated_run

@@ -27,8 +27,9 @@ from deepseek.runs import CONFIG_FILE, build_model
 from deepseek.train.callbacks import EarlyStopping
 from deepseek.train.checkpoint import write_text_atomic
 from deepseek.train.distributed import DistInfo, init_distributed, resolve_device
+from deepseek.train.mesh_layout import data_parallel_index
 from deepseek.train.meta_init import build_on_meta
-from deepseek.train.plan import strategy_spec
+from deepseek.train.plan import check_model_degrees, resolve_degrees, strategy_spec
 from deepseek.train.rng import seed_everything
 from deepseek.train.sinks import sink_problems
 from deepseek.train.strategy import build_strategy
@@ -62,9 +63,12 @@ class Assembled:
 def build_loaders(
     cfg: Config, dist: DistInfo, splits: DatasetSplits | None = None
 ) -> tuple[DataLoader, DataLoader | None]:
+    """The train and validation loaders of this rank's data shard: one shard per data-parallel index, so the
+    ranks of one tensor-parallel group (and of one pipeline) read the same batches (see :func:`data_shard`)."""
     d = cfg.data
     splits = splits if splits is not None else build_dataset(d.name, **d.kwargs)
-    common = dict(seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, num_workers=d.num_workers)
+    index, shards = data_shard(cfg, dist)
+    common = dict(seed=cfg.train.seed, rank=index, world_size=shards, num_workers=d.num_workers)
     steps = [*d.preprocess, *d.transforms]
     augment = Pipeline(steps, seed=cfg.train.seed) if steps else None
     train = DistributedDataset(
@@ -77,6 +81,22 @@ def build_loaders(
             splits.val, d.val_batch_size or d.batch_size, collate_fn=prep, shuffle=False, pad=False, **common
         )
     return train, val
+
+
+def data_shard(cfg: Config, dist: DistInfo) -> tuple[int, int]:
+    """``(this rank's data-parallel index, the data-parallel world)``: the world divided by ``tp x pp``, from
+    ``parallel`` (resolved for this world) or else the ``tp`` / ``pp`` arguments of ``train.strategy``."""
+    if cfg.parallel is not None:
+        degrees = resolve_degrees(cfg.parallel, dist.world_size)
+        tp, dp = degrees.tp, degrees.dp
+    else:
+        kwargs = cfg.train.strategy.kwargs
+        tp, pp = int(kwargs.get("tp", 1)), int(kwargs.get("pp", 1))
+        if tp < 1 or pp < 1 or dist.world_size % (tp * pp):
+            raise ConfigError([f"train.strategy: tp {tp} x pp {pp} does not divide the world size "
+                               f"{dist.world_size}; allowed: positive degrees whose product divides it"])  # fmt: skip
+        dp = dist.world_size // (tp * pp)
+    return data_parallel_index(dist.rank, tp=tp, dp=dp), dp
 
 
 def assemble(
@@ -92,6 +112,7 @@ def assemble(
     strategy = _strategy(cfg, dist)
     # fsdp meta_init: parameters on the meta device, given memory and their init shard by shard (meta_init.py)
     model = build_on_meta(lambda: build_model(cfg)) if getattr(strategy, "meta_init", False) else build_model(cfg)
+    check_model_degrees(cfg, model)  # tp/pp/ep against the model's heads, blocks, experts: before any collective
     if t.gradient_checkpointing:
         if not callable(getattr(model, "gradient_checkpointing_enable", None)):
             raise ConfigError([f"train.gradient_checkpointing: model '{cfg.model.name}' has no gradient_checkpointing_enable(); "

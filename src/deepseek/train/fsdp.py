@@ -14,8 +14,15 @@ How each setting maps onto torch (as torchtitan documents its own):
 - HSDP (``dp_replicate: R`` > 1, ZeRO-2/3): a 2-D mesh ``("dp_replicate", "dp_shard")``; parameters are
   sharded inside each group of ``dp_shard`` ranks and replicated across the ``R`` groups (gradients:
   reduce-scatter in a group, all-reduce across groups).
+- 2-D data x tensor parallelism (``tp: T`` > 1, ZeRO-2/3): a mesh ``("dp_shard", "tp")`` (or
+  ``("dp_replicate", "dp_shard", "tp")``), ranks laid out as :mod:`deepseek.train.mesh_layout` says (tp
+  innermost); the model's tensor-parallel plan (:mod:`deepseek.models.parallelize`) shards it over ``tp``
+  first, then ``fully_shard`` shards each block and the root over the data dims (torchtitan's order), so
+  every parameter is a DTensor on the 2-D mesh. The ranks of one tp group must read the same batch
+  (``build_loaders`` does). ``sequence_parallel`` / ``loss_parallel`` go to the plan; under ``loss_parallel``
+  the Trainer computes the loss and its backward inside :meth:`FSDP.loss_context`.
 
-``dp_shard: -1`` takes the rest of the world (``world // dp_replicate``). Which modules are sharded
+``dp_shard: -1`` takes the rest of the world (``world // (dp_replicate x tp)``). Which modules are sharded
 separately: the children of the model's largest ``nn.ModuleList`` (a transformer's blocks, e.g. gpt2's
 ``blocks``; every ModuleList of that length when several are), then the root, which holds the rest
 (embeddings, final norm, a tied head). ``param_dtype`` / ``reduce_dtype`` (``bf16``, ``fp16``, ``fp32``)
@@ -88,6 +95,9 @@ class FSDP(DDP):
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
         meta_init: bool = False,
+        tp: int = 1,
+        sequence_parallel: bool = False,
+        loss_parallel: bool = False,
     ) -> None:
         def bad(key: str, value: Any, allowed: str) -> ValueError:
             return ValueError(f"train.strategy: fsdp {key}: {value!r} is not allowed; {allowed}")
@@ -106,6 +116,13 @@ class FSDP(DDP):
                 f"train.strategy: fsdp reshard_after_forward: {reshard_after_forward} contradicts zero_stage "
                 f"{zero_stage} (ZeRO-3 reshards after forward, ZeRO-2 does not, ZeRO-1 does not shard parameters)"
             )
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise bad("tp", tp, "use an integer >= 1")
+        if tp > 1 and zero_stage == 1:
+            raise bad("zero_stage", zero_stage, "tp > 1 runs FSDP2 on the data dimension: use 2 or 3")
+        for key, value in (("sequence_parallel", sequence_parallel), ("loss_parallel", loss_parallel)):
+            if value and tp == 1:
+                raise bad(key, value, "it needs tp > 1 (it shards over the tensor-parallel dimension)")
         if zero_stage == 1 and (dp_replicate != 1 or cpu_offload or param_dtype or reduce_dtype):
             raise ValueError("train.strategy: fsdp zero_stage 1 shards only optimizer state over the whole world; "
                              "dp_replicate, cpu_offload, param_dtype and reduce_dtype need zero_stage 2 or 3")  # fmt: skip
@@ -116,19 +133,29 @@ class FSDP(DDP):
         if meta_init and zero_stage == 1:
             raise bad("meta_init", meta_init, "it needs zero_stage 2 or 3 (ZeRO-1 holds the whole model on every rank)")
         self.meta_init = bool(meta_init)  # the model is built on the meta device (deepseek.train.meta_init)
+        self.tp, self.sequence_parallel, self.loss_parallel = tp, bool(sequence_parallel), bool(loss_parallel)
         self.mesh: Any = None  # the DeviceMesh of ZeRO-2/3, set by setup
         self._names: dict[int, str] = {}  # id of each parameter before sharding -> its name
 
     # ------------------------------------------------------------------------------- set-up
     def mesh_shape(self, world_size: int) -> tuple[int, ...]:
-        """``(dp_shard,)``, or ``(dp_replicate, dp_shard)`` for HSDP; ValueError when it does not fill the world."""
-        shard = world_size // self.dp_replicate if self.dp_shard == -1 else self.dp_shard
-        if shard < 1 or self.dp_replicate * shard != world_size:
+        """``(dp_shard,)``, or ``(dp_replicate, dp_shard)`` for HSDP, each with a trailing ``tp`` when
+        ``tp`` > 1 (see :meth:`mesh_dim_names`); ValueError when it does not fill the world."""
+        fixed = self.dp_replicate * self.tp
+        shard = world_size // fixed if self.dp_shard == -1 else self.dp_shard
+        if shard < 1 or fixed * shard != world_size:
+            tp = f" x tp {self.tp}" if self.tp > 1 else ""
             raise ValueError(
-                f"train.strategy: fsdp dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} does not make "
-                f"the world size {world_size}; the degrees must multiply to it (dp_shard -1 takes the rest)"
+                f"train.strategy: fsdp dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard}{tp} does not "
+                f"make the world size {world_size}; the degrees must multiply to it (dp_shard -1 takes the rest)"
             )
-        return (self.dp_replicate, shard) if self.dp_replicate > 1 else (shard,)
+        data = (self.dp_replicate, shard) if self.dp_replicate > 1 else (shard,)
+        return (*data, self.tp) if self.tp > 1 else data
+
+    def mesh_dim_names(self) -> tuple[str, ...]:
+        """The names of :meth:`mesh_shape`'s dims, in :data:`deepseek.train.mesh_layout.MESH_DIMS` order."""
+        data = ("dp_replicate", "dp_shard") if self.dp_replicate > 1 else ("dp_shard",)
+        return (*data, "tp") if self.tp > 1 else data
 
     def setup(self, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
         """ZeRO-1: the DDP-wrapped model. ZeRO-2/3: ``model`` itself, sharded in place (its parameters
@@ -143,13 +170,20 @@ class FSDP(DDP):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 
-        names = ("dp_replicate", "dp_shard") if len(shape) == 2 else ("dp_shard",)
+        names = self.mesh_dim_names()
         self._names = {id(p): name for name, p in model.named_parameters()}
         if isinstance(model, FSDPModule):  # a second fit() of a model sharded by the first: as it is
             return model
         on_meta = parameter_names(model) if is_on_meta(model) else None  # before sharding replaces them
         self.mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
-        kwargs: dict[str, Any] = {"mesh": self.mesh, "reshard_after_forward": self.reshard_after_forward}
+        if self.tp > 1:  # the tensor-parallel plan first, then FSDP2 over the data dims (torchtitan's order)
+            from deepseek.models.parallelize import check_tp, plan_for_model
+
+            check_tp(model, self.tp)
+            plan_for_model(model)(model, self.mesh["tp"], sequence_parallel=self.sequence_parallel,
+                                  loss_parallel=self.loss_parallel)  # fmt: skip
+        data_mesh = self.mesh[names[:-1]] if self.tp > 1 else self.mesh
+        kwargs: dict[str, Any] = {"mesh": data_mesh, "reshard_after_forward": self.reshard_after_forward}
         if self.param_dtype or self.reduce_dtype:
             kwargs["mp_policy"] = MixedPrecisionPolicy(
                 param_dtype=DTYPES.get(self.param_dtype or ""), reduce_dtype=DTYPES.get(self.reduce_dtype or "")
@@ -166,7 +200,11 @@ class FSDP(DDP):
                 for name, buffer in model.named_buffers():
                     buffer.copy_(buffers[name])
             # seeded by the shard's index, not the rank: HSDP's replicas of one shard must start equal
-            initialise_shards(model, on_meta, self.mesh.get_local_rank("dp_shard"))
+            shard = self.mesh.get_local_rank("dp_shard")
+            # under tp each tp rank's shard draws its own values too; what is replicated over tp is then synced
+            initialise_shards(model, on_meta, shard * self.tp + (self.mesh.get_local_rank("tp") if self.tp > 1 else 0))
+            if self.tp > 1:
+                _broadcast_tp_replicas(model, self.mesh["tp"])
         return model
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
@@ -199,13 +237,41 @@ class FSDP(DDP):
             return super().no_sync(train_model)
         return _without_gradient_sync(train_model)
 
+    def loss_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Where the Trainer computes a micro-batch's loss and runs its backward: under ``loss_parallel``
+        torch's ``loss_parallel()``, so cross-entropy runs on the vocab-sharded logits without gathering them."""
+        if not self.loss_parallel:
+            return contextlib.nullcontext()
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        return loss_parallel()
+
+    def eval_module(self, model: nn.Module, train_model: nn.Module) -> nn.Module:
+        """The model; under ``loss_parallel`` it returns vocab-sharded DTensor logits, so validation runs it
+        through :class:`_GatheredOutputs` (plain full logits, which the metrics and the loss take as they are)."""
+        return _GatheredOutputs(model) if self.loss_parallel else model
+
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
-        """Clip to a global 2-norm of ``max_norm`` over all ranks' shards; returns that norm before clipping."""
-        params = [p for p in model.parameters() if p.grad is not None]
-        norm = nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
-        if hasattr(norm, "full_tensor"):  # a DTensor, partial over the shards: reduce it to the global norm
-            norm = norm.full_tensor()
-        nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        """Clip to a global 2-norm of ``max_norm`` over all ranks' shards; returns that norm before clipping.
+
+        Under ``tp`` the parameters the plan shards live on the 2-D (data x tp) mesh and the rest (norms,
+        positions) on the data mesh only, replicated over tp: DTensor cannot mix meshes in one op, so each mesh's
+        norm is reduced on its own (a replicated gradient counts once), then they are combined."""
+        by_mesh: dict[Any, list[nn.Parameter]] = {}
+        for p in model.parameters():
+            if p.grad is not None:
+                by_mesh.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
+        norms = []
+        for params in by_mesh.values():
+            norm = nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+            # a DTensor, partial over the shards: reduce it to the global norm
+            norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if len(norms) < 2:
+            norm = norms[0] if norms else torch.zeros(())
+        else:
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+        for params in by_mesh.values():
+            nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm
 
     # ------------------------------------------------------------------------------- state
@@ -216,6 +282,9 @@ class FSDP(DDP):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         state = get_model_state_dict(model, options=_full_state_options())
+        for name, tensor in state.items():  # a dim that tp split unevenly (gpt2's vocabulary of 50,257) comes
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().nbytes() > tensor.nbytes:
+                state[name] = tensor.clone()  # back as a view of a padded buffer, which safetensors refuses
         first: dict[int, str] = {}  # tied parameters share one gathered tensor again: the file stores it once
         for name, tensor in model.state_dict(keep_vars=True).items():
             twin = first.setdefault(id(tensor), name)
@@ -257,6 +326,20 @@ class FSDP(DDP):
         return super().teardown(train_model)
 
 
+def _broadcast_tp_replicas(model: nn.Module, tp_mesh: Any) -> None:
+    """Give every tp rank the first tp rank's values of the parameters replicated over tp (those the plan does
+    not shard, e.g. positions and norms): initialised with a seed per tp rank they would differ, and the
+    replicas would then train apart without any error."""
+    group = tp_mesh.get_group()
+    source = torch_dist.get_global_rank(group, 0)
+    with torch.no_grad():
+        for param in model.parameters():
+            dims = getattr(getattr(param, "device_mesh", None), "mesh_dim_names", None) or ()
+            if "tp" in dims and not param.placements[dims.index("tp")].is_replicate():
+                continue  # sharded over tp: each rank's own slice
+            torch_dist.broadcast(param.to_local() if dims else param, src=source, group=group)
+
+
 @contextlib.contextmanager
 def _without_gradient_sync(module: Any) -> Iterator[None]:
     """On an ``FSDPModule``: gradients accumulate unsharded and unreduced in here; the next synced
@@ -266,3 +349,16 @@ def _without_gradient_sync(module: Any) -> Iterator[None]:
         yield
     finally:
         module.set_requires_gradient_sync(True)
+
+
+class _GatheredOutputs(nn.Module):
+    """``model`` whose DTensor outputs come back as full plain tensors (validation under ``loss_parallel``:
+    logits ``(N, L, vocab)`` gathered from their vocab shards)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.model(*args, **kwargs)
+        return out.full_tensor() if hasattr(out, "full_tensor") else out

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from deepseek.config import Config, ConfigError
 from deepseek.config.schema import ParallelSection
 from deepseek.optim import build_optimizer
+from deepseek.train.plan_dims import pipeline_blocks, rank_dimensions
 
 GIB = 2**30
 # Usable memory per device (nominal; `cpu` is this machine's RAM, shared by every rank launched on it).
@@ -54,6 +55,7 @@ class Degrees:
     zero_stage: int
     reshard_after_forward: bool
     cpu_offload: bool
+    ep: int = 1  # expert parallel: a divisor of dp (the experts are split over ep of the data-parallel ranks)
 
     @property
     def world(self) -> int:
@@ -97,24 +99,87 @@ def resolve_degrees(par: ParallelSection, world: int) -> Degrees:
             raise ConfigError([f"parallel: {shown} x dp_shard {dp_shard} = {fixed * dp_shard}, but the world has "
                                f"{world} ranks; allowed: degrees that multiply to {world}, or dp_shard: -1 "
                                "for the rest"])  # fmt: skip
+    dp = par.dp_replicate * dp_shard
+    if dp % par.ep:
+        raise ConfigError([f"parallel: ep: {par.ep} does not divide the data-parallel degree {dp} (dp_replicate "
+                           f"{par.dp_replicate} x dp_shard {dp_shard}) of {world} ranks; allowed: a divisor of "
+                           f"{dp}"])  # fmt: skip
     reshard = par.zero_stage == 3 if par.reshard_after_forward is None else par.reshard_after_forward
-    return Degrees(par.dp_replicate, dp_shard, par.tp, par.pp, par.zero_stage, reshard, par.cpu_offload)
+    return Degrees(par.dp_replicate, dp_shard, par.tp, par.pp, par.zero_stage, reshard, par.cpu_offload, par.ep)
 
 
 def strategy_spec(cfg: Config, world: int) -> Any:
     """What ``build_strategy`` gets: ``train.strategy`` unless ``parallel`` picks it (ZeRO-0 or one process:
-    ``auto``; ZeRO-1/2/3: ``fsdp`` with the resolved degrees, ``train.strategy``'s own fsdp arguments kept)."""
+    ``auto``; ZeRO-1/2/3: ``fsdp`` with the resolved degrees, ``train.strategy``'s own fsdp arguments kept;
+    ``tp`` > 1 adds ``tp``, ``sequence_parallel``, ``loss_parallel`` to ``fsdp``; ``pp`` > 1: ``pipeline``;
+    ``ep`` > 1: ``expert_parallel``)."""
     strategy = cfg.train.strategy
     if cfg.parallel is None:
         return strategy
-    deg = resolve_degrees(cfg.parallel, world)
+    par, deg = cfg.parallel, resolve_degrees(cfg.parallel, world)
+    if deg.ep > 1:
+        return {"name": "expert_parallel", "ep": deg.ep, **strategy.kwargs}
+    if deg.pp > 1:
+        return {"name": "pipeline", "pp": deg.pp, "schedule": par.pp_schedule,
+                "microbatches": par.pp_microbatches or deg.pp, "stages_per_rank": par.pp_stages_per_rank,
+                "split": par.pp_split, "tp": deg.tp, "dp_replicate": deg.dp_replicate, "dp_shard": deg.dp_shard,
+                "zero_stage": deg.zero_stage, "reshard_after_forward": par.reshard_after_forward,
+                "sequence_parallel": par.sequence_parallel, **strategy.kwargs}  # fmt: skip
     if deg.zero_stage == 0 or (world == 1 and strategy.name.lower() == "auto" and not cfg.parallel.meta_init):
         return strategy  # auto: DDP on several ranks, the model as it is on one; or the named ddp/single_device
     fsdp = dict(zero_stage=deg.zero_stage, dp_replicate=deg.dp_replicate, dp_shard=deg.dp_shard,
                 reshard_after_forward=cfg.parallel.reshard_after_forward, cpu_offload=deg.cpu_offload)  # fmt: skip
     if cfg.parallel.meta_init:  # on one process too: a model built on meta needs fsdp to give it memory
         fsdp["meta_init"] = True
+    if deg.tp > 1:  # fsdp on the data dimension, the model's tensor-parallel plan on the tp one
+        fsdp |= {"tp": deg.tp, "sequence_parallel": par.sequence_parallel, "loss_parallel": par.loss_parallel}
     return {"name": "fsdp", **fsdp, **strategy.kwargs}
+
+
+def check_model_degrees(cfg: Config, model: nn.Module) -> None:
+    """ConfigError (one line each) unless ``model`` (may be on the meta device) takes ``cfg.parallel``'s
+    degrees: ``tp`` divides the sizes its tensor-parallel plan shards, the ``pp x pp_stages_per_rank`` stages
+    split its blocks (evenly, or as ``pp_split`` says), ``pp_microbatches`` divides ``data.batch_size``, and
+    ``ep`` divides the experts of every MoE layer."""
+    from deepseek.models.parallelize import check_tp
+    from deepseek.nn.moe import MoE
+
+    par = parallel_of(cfg)
+    problems: list[str] = []
+    if par.tp > 1:
+        try:
+            check_tp(model, par.tp)
+        except ValueError as exc:  # no plan for this model, or sizes tp does not divide
+            problems.append(str(exc))
+    if par.pp > 1:
+        blocks, stages = pipeline_blocks(model), par.pp * par.pp_stages_per_rank
+        shown = f"pp x pp_stages_per_rank = {par.pp} x {par.pp_stages_per_rank} = {stages} stages"
+        n = len(blocks) if blocks is not None else 0
+        if blocks is None:
+            problems.append(f"parallel: pp: {par.pp} needs a model with one list of blocks to split; "
+                            f"{type(model).__name__} has none (allowed: pp 1)")  # fmt: skip
+        elif par.pp_split is not None and sum(par.pp_split) != n:
+            problems.append(f"parallel: pp_split: {par.pp_split} sums to {sum(par.pp_split)}, but the model has "
+                            f"{n} blocks; allowed: {stages} numbers summing to {n}")  # fmt: skip
+        elif stages > n:
+            problems.append(f"parallel: {shown}, but the model has {n} blocks; allowed: at most {n}")
+        elif par.pp_split is None and n % stages:
+            problems.append(f"parallel: {shown} do not divide the model's {n} blocks; allowed: a divisor of {n}, "
+                            "or parallel.pp_split")  # fmt: skip
+        micro = par.pp_microbatches or par.pp
+        if cfg.data.batch_size % micro:
+            problems.append(f"parallel: pp_microbatches: {micro} does not divide data.batch_size "
+                            f"{cfg.data.batch_size}; allowed: a divisor of the per-rank batch")  # fmt: skip
+    if par.ep > 1:
+        experts = sorted({m.num_experts for m in model.modules() if isinstance(m, MoE)})
+        if not experts:
+            problems.append(f"parallel: ep: {par.ep} needs a model with MoE layers; {type(model).__name__} has "
+                            "none (allowed: ep 1)")  # fmt: skip
+        elif any(n % par.ep for n in experts):
+            problems.append(f"parallel: ep: {par.ep} does not divide the model's {', '.join(map(str, experts))} "
+                            "experts; allowed: a common divisor")  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
 
 
 def optimizer_states_per_element(cfg: Config) -> tuple[int, int]:
@@ -177,6 +242,7 @@ class Plan:
     memory: dict[str, int | None]  # parameters, gradients, optimizer_state, activations, gathered, host
     collectives: dict[str, int]  # collective name -> bytes each rank sends per step
     notes: list[str] = field(default_factory=list)
+    dimensions: dict[str, Any] = field(default_factory=dict)  # tp / pp / dp under tp or pp: see plan_dims
 
     @property
     def device_total(self) -> int:
@@ -201,11 +267,16 @@ def device_bytes(device: str) -> int:
     return DEVICE_MEMORY[device]
 
 
-def make_plan(cfg: Config, model: nn.Module, world: int, device: str, activations: int | None) -> Plan:
-    """The plan of ``cfg`` for ``world`` ranks on ``device``; ``model`` built (on the meta device) from it."""
-    deg = resolve_degrees(parallel_of(cfg), world)
-    params = list(model.parameters())  # tied weights once
-    count = sum(p.numel() for p in params)
+def make_plan(cfg: Config, model: nn.Module, world: int, device: str, activations: int | None,
+              boundary: tuple[tuple[int, ...], int] | None = None) -> Plan:  # fmt: skip
+    """The plan of ``cfg`` for ``world`` ranks on ``device``; ``model`` built (on the meta device) from it;
+    ``boundary``: (shape, element size) of one block's output for a per-rank batch (see
+    :func:`deepseek.train.plan_inputs.boundary_shape`), for the tp and pp traffic."""
+    par = parallel_of(cfg)
+    deg = resolve_degrees(par, world)
+    count = sum(p.numel() for p in model.parameters())  # tied weights once
+    dims = rank_dimensions(cfg, par, deg, model, activations, boundary)
+    params, activations = dims.pop("params"), dims.pop("activations")
     full = sum(p.numel() * p.element_size() for p in params)
     shards = deg.dp_shard if deg.zero_stage >= 1 else 1
     sharded = sum(padded_numel(p, shards) * p.element_size() for p in params)
@@ -219,8 +290,10 @@ def make_plan(cfg: Config, model: nn.Module, world: int, device: str, activation
     optimizer = opt if deg.zero_stage >= 1 else opt_full
     gathered = full if deg.zero_stage == 2 and shards > 1 else 0  # kept gathered from forward to backward
     if deg.zero_stage == 3 and shards > 1:  # the root's own parameters stay gathered; blocks come and go
-        sizes = sorted(sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks_of(model))
+        sizes = sorted(dims.pop("block_bytes", None) or
+                       (sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks_of(model)))  # fmt: skip
         gathered = full - sum(sizes) + sum(sizes[-2:])  # the running block and the prefetched next one
+    dims.pop("block_bytes", None)
     host = 0
     if deg.cpu_offload and deg.zero_stage >= 1:  # FSDP2 CPUOffloadPolicy: sharded state lives in host memory
         host, parameters, gradients, optimizer = parameters + gradients + optimizer, 0, 0, 0
@@ -233,8 +306,19 @@ def make_plan(cfg: Config, model: nn.Module, world: int, device: str, activation
              f"{cfg.train.accumulate_grad_batches} = {cfg.data.batch_size * deg.dp * cfg.train.accumulate_grad_batches}"]  # fmt: skip
     if activations is None:
         notes.append("activations: not estimated (the model's forward cannot run on the meta device with a sample)")
-    return Plan(world, asdict(deg), name, device, device_bytes(device), count, memory,
-                collectives(deg, full, cfg.train.accumulate_grad_batches), notes)  # fmt: skip
+    if deg.tp > 1 or deg.pp > 1:
+        name = "pipeline" if deg.pp > 1 else name
+        notes += dims.pop("notes")
+    else:
+        dims.pop("notes")
+    gathers = cfg.train.accumulate_grad_batches * (par.pp_microbatches or deg.pp)  # FSDP2 gathers per micro-batch
+    dp = collectives(deg, full, gathers)
+    if deg.tp > 1 or deg.pp > 1:
+        dims["dp"] = {"degree": deg.dp, "parameters": full, "collectives": dp}
+    plan_collectives = {**dims.get("tp", {}).get("collectives", {}), **dims.get("pp", {}).get("collectives", {}), **dp}
+    return Plan(world, asdict(deg), name, device, device_bytes(device), count, memory, plan_collectives, notes,
+                dims)  # fmt: skip
+
 
 
 def collectives(deg: Degrees, param_bytes: int, micro_batches: int = 1) -> dict[str, int]:

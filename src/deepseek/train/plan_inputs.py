@@ -65,3 +65,27 @@ def estimate_activations(cfg: Config, model: nn.Module) -> int | None:
         return activation_bytes(model, sample_batch(cfg))
     except Exception:  # noqa: BLE001 - data-dependent control flow (.item()) or a dataset that needs a download
         return None
+
+
+def boundary_shape(model: nn.Module, blocks: nn.ModuleList | None, inputs: Any) -> tuple[tuple[int, ...], int] | None:
+    """(shape, element size) of the first block's output for ``inputs`` (``(N, L, dim)`` for a transformer):
+    what a pipeline stage sends and a tensor-parallel block all-reduces. None without blocks, or where the
+    forward cannot run on the meta device."""
+    if blocks is None or len(blocks) == 0:
+        return None
+    seen: list[torch.Tensor] = []
+
+    def grab(module: nn.Module, args: Any, out: Any) -> None:
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        if torch.is_tensor(first) and not seen:
+            seen.append(first)
+
+    handle = blocks[0].register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            model(inputs)
+    except Exception:  # noqa: BLE001 - as estimate_activations: data-dependent control flow on meta
+        return None
+    finally:
+        handle.remove()
+    return (tuple(seen[0].shape), seen[0].element_size()) if seen else None

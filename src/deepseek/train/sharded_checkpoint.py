@@ -228,6 +228,9 @@ def load_sharded(
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(f"{STATE_FILE} does not load ({exc.__class__.__name__}: {first_line})") from None
     model_state, optim_state = get_state_dict(model, optimizer)  # the template DCP fills at this layout
+    # Each group's parameter names stay this rank's own: DCP stores one rank's copy of such non-tensor values,
+    # and under pipeline parallelism every stage's ranks hold other parameters.
+    own_names = [list(group["params"]) for group in optim_state.get("param_groups", [])]
     reader = FileSystemReader(path / SHARDS_DIR)
     saved = {key.split(".", 1)[0] for key in reader.read_metadata().state_dict_metadata}
     parts = {name: part for name, part in (extra or {}).items() if name in saved}
@@ -238,5 +241,7 @@ def load_sharded(
     except Exception as exc:  # DCP: keys or shapes this model does not have
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointMismatchError(f"{path} does not fit the model: {first_line}") from None
+    for group, names in zip(optim_state.get("param_groups", []), own_names):
+        group["params"] = names
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
     return state

@@ -88,10 +88,15 @@ class OptimizerStep:
         # Looked up once, not per step: MixedPrecision clips its fp32 masters and reports its own skips.
         strategy = strategy if strategy is not None else SingleDevice()
         self._no_sync = strategy.no_sync
+        self._loss_context = getattr(strategy, "loss_context", None) or contextlib.nullcontext  # loss_parallel
         self._clip = getattr(optimizer, "clip_grad_norm_", None) or (
             lambda max_norm: strategy.clip_grad_norm(model, max_norm)
         )
         self._reports_skips = hasattr(optimizer, "step_was_skipped")
+        # A strategy whose schedule owns forward and backward (``pipeline``) runs the whole window itself.
+        self._run_window = getattr(strategy, "run_window", None)
+        if self._run_window is not None and hasattr(strategy, "check_step"):
+            strategy.check_step(step_fn, model)
         self.events: list[dict[str, Any]] = []
         self.skipped_steps = 0
         self.nonfinite_steps = 0  # steps skipped for a nan/inf loss (on_nonfinite="skip")
@@ -105,7 +110,13 @@ class OptimizerStep:
         scaler = self.policy.scaler
         check = self.on_nonfinite != "ignore"
         self.nonfinite_loss = None
-        if len(window) == 1 and not self.dist.enabled:  # the common case, kept lean
+        if self._run_window is not None:  # the strategy's schedule: forward and backward of every batch
+            with self._autocast():
+                logged, local = self._run_window(window, self.loss_fn, self.device, self._scale_loss)
+            self._bad_losses = (~torch.isfinite(logged)).float()
+            logged = logged.item() if self._on_cpu else logged
+            bad = check and self._any_rank_bad()
+        elif len(window) == 1 and not self.dist.enabled:  # the common case, kept lean
             batch = window[0] if self._on_cpu else move_to(window[0], self.device)
             default = self.step_fn is None and type(batch) in (tuple, list) and len(batch) == 2 and not self._aux
             if default and self._fp32:  # even a null context costs ~4 us a step here
@@ -178,7 +189,11 @@ class OptimizerStep:
     def accumulate(self, window: list[Any], check: bool = False) -> tuple[torch.Tensor, int]:
         """Backward over several micro-batches (and/or ranks), each loss weighted by its share of
         the window's samples over all ranks; gradients sync on the last micro-batch only. With
-        ``check``, counts the micro-batches whose loss is nan/inf (see :meth:`_any_rank_bad`)."""
+        ``check``, counts the micro-batches whose loss is nan/inf (see :meth:`_any_rank_bad`).
+
+        The totals are summed over ALL ranks, so under tensor parallelism (``tp`` ranks reading one batch) both
+        ``total`` and ``world`` count each sample ``tp`` times: the weights equal data parallelism's alone. Each
+        loss and its backward run in the strategy's ``loss_context()`` (``loss_parallel``), when it has one."""
         sizes = [batch_size_of(b) for b in window]
         local = sum(sizes)
         total, world = float(local), self.dist.world_size
@@ -191,15 +206,18 @@ class OptimizerStep:
             if not self._on_cpu:
                 batch = move_to(batch, self.device)
             sync = self._no_sync(self.train_model) if i < last else contextlib.nullcontext()
-            with sync:
+            with sync, self._loss_context():
                 with self._autocast():
                     loss = self.loss(self.train_model, batch)
                 weight = sizes[i] * world / total
                 scaled = loss if weight == 1.0 else loss * weight
                 (self._scale_loss(scaled) if self._scale_loss is not None else scaled).backward()
-            logged += loss.detach().float() * (sizes[i] / local)
+            loss = loss.detach()
+            if hasattr(loss, "full_tensor"):  # a DTensor (loss_parallel): its value, replicated on the tp ranks
+                loss = loss.full_tensor()
+            logged += loss.float() * (sizes[i] / local)
             if check:  # every micro-batch: a later one must not hide an earlier one (no sync here)
-                self._bad_losses += ~torch.isfinite(loss.detach()).all()
+                self._bad_losses += ~torch.isfinite(loss).all()
         return logged, local
 
     def _any_rank_bad(self) -> bool:

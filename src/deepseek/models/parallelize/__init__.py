@@ -12,19 +12,36 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from deepseek.models.language import GPT2
+from deepseek.models.language import GPT2, Bert
+from deepseek.models.parallelize.encoders import (
+    check_bert,
+    check_transformer,
+    parallelize_bert,
+    parallelize_transformer,
+)
 from deepseek.models.parallelize.language import check_tp_degree, parallelize_gpt2
+from deepseek.models.parallelize.vision import check_vit, parallelize_vit
+from deepseek.models.speech import Seq2SeqTransformer
+from deepseek.models.vision import ViT
 
 TensorParallelPlan = Callable[..., nn.Module]
 TensorParallelCheck = Callable[[nn.Module, int], None]
 
 # Registered model name -> its plan: ``plan(model, tp_mesh, *, sequence_parallel=False, loss_parallel=False)``.
-PLANS: dict[str, TensorParallelPlan] = {"gpt2": parallelize_gpt2}
+PLANS: dict[str, TensorParallelPlan] = {
+    "gpt2": parallelize_gpt2, "bert_base": parallelize_bert, "vit_tiny": parallelize_vit,
+    "vit_base_patch16": parallelize_vit, "transformer": parallelize_transformer,
+}  # fmt: skip
 # Registered model name -> ``check(model, tp)``: ValueError naming ``parallel.tp`` unless ``tp`` divides the
 # sizes the plan shards (heads, hidden sizes); called before anything is sharded.
-CHECKS: dict[str, TensorParallelCheck] = {"gpt2": check_tp_degree}
+CHECKS: dict[str, TensorParallelCheck] = {
+    "gpt2": check_tp_degree, "bert_base": check_bert, "vit_tiny": check_vit, "vit_base_patch16": check_vit,
+    "transformer": check_transformer,
+}  # fmt: skip
 # The built model's class -> its registered name, for a strategy that holds the model, not its name.
-CLASSES: dict[type, str] = {GPT2: "gpt2"}
+# (vit_tiny and vit_base_patch16 share one class and one plan; the alias transformer_seq2seq builds the class
+# registered as transformer.)
+CLASSES: dict[type, str] = {GPT2: "gpt2", Bert: "bert_base", ViT: "vit_tiny", Seq2SeqTransformer: "transformer"}
 
 
 def plan_for(name: str) -> TensorParallelPlan:
@@ -57,5 +74,6 @@ def check_tp(model: nn.Module, tp: int) -> None:
     CHECKS[name_of(model)](model, tp)
 
 
-__all__ = ["CHECKS", "CLASSES", "PLANS", "TensorParallelCheck", "TensorParallelPlan", "check_tp",
-           "check_tp_degree", "name_of", "parallelize_gpt2", "plan_for", "plan_for_model"]  # fmt: skip
+__all__ = ["CHECKS", "CLASSES", "PLANS", "TensorParallelCheck", "TensorParallelPlan", "check_bert", "check_tp",
+           "check_tp_degree", "check_transformer", "check_vit", "name_of", "parallelize_bert", "parallelize_gpt2",
+           "parallelize_transformer", "parallelize_vit", "plan_for", "plan_for_model"]  # fmt: skip
