@@ -6,7 +6,8 @@
 # Steps (each under its own time limit, so the whole suite stays under 8 minutes):
 #   gpu tests    pytest -m gpu tests/gpu: NCCL group of one (all_reduce, DDP step, validation reduced on
 #                the GPU), fp16-mixed with the GradScaler and bf16-mixed in the Trainer, ds.jit on CUDA,
-#                each rank's device binding, the fsdp stages (and meta init) on NCCL at world 1
+#                each rank's device binding, the fsdp stages (and meta init) on NCCL at world 1, gpt2's
+#                tensor-parallel plan on a one-rank NCCL mesh and the pipeline strategy at world 1 (issue 16)
 #   memory       benchmarks/memory.py --device cuda: checkpointing's saving on the CUDA allocator's peak
 #   serve load   benchmarks/serve_load.py --quick: the batching benchmark (deepseek-serve runs its models on
 #                the CPU today; the row records the run on the GPU machine, not a GPU-served model)

@@ -1,9 +1,11 @@
-"""Per-rank parameter, gradient and optimizer-state memory under DDP, ZeRO-1/2/3 and tensor parallel x ZeRO-3,
+"""Per-rank parameter, gradient and optimizer-state memory under DDP, ZeRO-1/2/3, tensor and pipeline parallel x FSDP2,
 measured in real ranks beside what ``deepseek plan`` predicts, and each strategy's throughput beside DDP's.
 
 ``zero3_tp2`` (issue 16) is gpt2's tensor-parallel plan (``deepseek.models.parallelize.parallelize_gpt2``) on
 the inner dim of a ``(dp_shard, tp)`` mesh and FSDP2 ZeRO-3 on the outer one, built directly (no strategy
-object): tp 2 at 2 ranks, dp 2 x tp 2 at 4; both ranks of a tp group read one batch.
+object): tp 2 at 2 ranks, dp 2 x tp 2 at 4; both ranks of a tp group read one batch. ``pp2`` is the ``pipeline``
+strategy object (1F1B, 2 micro-batches, its default ZeRO-2 on the data dimension), stepped by its own
+``run_window`` as the trainer does: pp 2 at 2 ranks, dp 2 x pp 2 at 4; both ranks of a pipeline read one batch.
 
 Every (strategy, world) runs in its own freshly spawned ranks (gloo on 127.0.0.1 on CPU, NCCL with one GPU
 per rank on CUDA) through the framework's own strategy objects (``ddp``; ``fsdp`` with ``zero_stage`` 1/2/3)
@@ -48,6 +50,8 @@ import torch.nn as nn
 STRATEGIES = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3}  # name -> ZeRO stage (0: plain DDP)
 # name -> (ZeRO stage, tp): gpt2's tensor-parallel plan on the inner mesh dim, FSDP2 on the rest (dp x tp)
 TP_LAYOUTS = {"zero3_tp2": (3, 2)}
+# name -> (ZeRO stage, pp): the pipeline strategy (1F1B), FSDP2 over the rest of the world (dp x pp)
+PP_LAYOUTS = {"pp2": (2, 2)}
 STATE_KEYS = ("parameters", "gradients", "optimizer_state")
 
 
@@ -114,13 +118,16 @@ def _rss_bytes() -> int:
 
 
 # ----------------------------------------------------------------------------------------- config and plan
-def layout(name: str) -> tuple[int, int]:
-    """(ZeRO stage, tp degree) of a strategy name of :data:`STRATEGIES` or :data:`TP_LAYOUTS`."""
-    return TP_LAYOUTS[name] if name in TP_LAYOUTS else (STRATEGIES[name], 1)
+def layout(name: str) -> tuple[int, int, int]:
+    """(ZeRO stage, tp degree, pp degree) of a name of :data:`STRATEGIES`, :data:`TP_LAYOUTS` or :data:`PP_LAYOUTS`."""
+    if name in PP_LAYOUTS:
+        return PP_LAYOUTS[name][0], 1, PP_LAYOUTS[name][1]
+    return (*TP_LAYOUTS[name], 1) if name in TP_LAYOUTS else (STRATEGIES[name], 1, 1)
 
 
-def config(args: argparse.Namespace, zero_stage: int, tp: int = 1) -> Any:
-    """The config both the ranks and the plan use: GPT-2 of the benchmark's size, AdamW, ``zero_stage``, ``tp``."""
+def config(args: argparse.Namespace, zero_stage: int, tp: int = 1, pp: int = 1) -> Any:
+    """The config both the ranks and the plan use: GPT-2 of the benchmark's size, AdamW, ``zero_stage``, ``tp``,
+    ``pp`` (1F1B over ``pp`` micro-batches)."""
     from deepseek.config import load_config
 
     data = {
@@ -129,17 +136,17 @@ def config(args: argparse.Namespace, zero_stage: int, tp: int = 1) -> Any:
         "data": {"name": "chatterbot_lm", "seq_len": args.seq, "stride": args.seq, "batch_size": args.batch},
         "optim": {"name": "adamw", "lr": 1e-3},
         "train": {"loss": "token_cross_entropy"},
-        "parallel": {"zero_stage": zero_stage, "tp": tp},
+        "parallel": {"zero_stage": zero_stage, "tp": tp, "pp": pp, "pp_microbatches": pp if pp > 1 else None},
     }  # fmt: skip
     return load_config(None, (), data=data)
 
 
-def predicted(args: argparse.Namespace, zero_stage: int, world: int, tp: int = 1) -> dict[str, int]:
+def predicted(args: argparse.Namespace, zero_stage: int, world: int, tp: int = 1, pp: int = 1) -> dict[str, int]:
     """What ``deepseek plan`` says per rank for this config and world: its memory dict (bytes)."""
     from deepseek.train.plan import make_plan
     from deepseek.train.plan_inputs import meta_model
 
-    cfg = config(args, zero_stage, tp)
+    cfg = config(args, zero_stage, tp, pp)
     return make_plan(cfg, meta_model(cfg), world, "cpu", None).memory
 
 
@@ -159,19 +166,21 @@ def tensor_parallel(model: nn.Module, world: int, tp: int, device: torch.device)
     return fully_shard(model, mesh=mesh["dp_shard"])
 
 
-def rank_run(rank: int, world: int, args: argparse.Namespace, zero_stage: int, tp: int = 1) -> dict[str, Any]:
+def rank_run(rank: int, world: int, args: argparse.Namespace, zero_stage: int, tp: int = 1,
+             pp: int = 1) -> dict[str, Any]:  # fmt: skip
     """Train ``args.warmup + args.steps`` steps in the current process group; measure this rank (``tp`` > 1:
-    sharded by :func:`tensor_parallel`, ZeRO-3 on the data dimension)."""
+    sharded by :func:`tensor_parallel`, ZeRO-3 on the data dimension; ``pp`` > 1: the pipeline strategy)."""
     import deepseek.train.fsdp  # noqa: F401 - registers and defines the fsdp strategy
     from deepseek.optim import build_optimizer
     from deepseek.runs import build_model
     from deepseek.train.distributed import DistInfo
     from deepseek.train.fsdp import FSDP
+    from deepseek.train.pipeline import Pipeline
     from deepseek.train.strategy import DDP
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    cfg = config(args, zero_stage, tp)
+    cfg = config(args, zero_stage, tp, pp)
     gc.collect()
     base_rss, base_alloc = _rss_bytes(), (torch.cuda.memory_allocated(device) if cuda else 0)
     torch.manual_seed(0)
@@ -180,27 +189,32 @@ def rank_run(rank: int, world: int, args: argparse.Namespace, zero_stage: int, t
         strategy, train_model = None, tensor_parallel(model, world, tp, device)
         optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
     else:
-        strategy = DDP() if zero_stage == 0 else FSDP(zero_stage=zero_stage)
+        strategy = Pipeline(pp=pp, microbatches=pp, zero_stage=zero_stage) if pp > 1 else (
+            DDP() if zero_stage == 0 else FSDP(zero_stage=zero_stage))  # fmt: skip
         train_model = strategy.setup(model, DistInfo(rank, rank, world, device), device)
         optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
         optimizer = strategy.setup_optimizer(optimizer, model)
-    gen = torch.Generator().manual_seed(rank // tp)  # a tp group reads one batch
+    # a tp group reads one batch, and so does a pipeline (ranks are pp-major: its ranks share rank % dp)
+    gen = torch.Generator().manual_seed(rank // tp if pp == 1 else rank % (world // pp))
     tokens = torch.randint(0, args.vocab, (args.warmup + args.steps, args.batch, args.seq + 1), generator=gen)
     out: dict[str, Any] = {}
+    # a pipeline stage is an FSDP2 root of its own, outside the model's module tree: sampled beside it
+    sharded = nn.ModuleList([model, *strategy.stages]) if pp > 1 else model
     for step, batch in enumerate(tokens.to(device)):
         if step == args.warmup:
             torch.cuda.synchronize(device) if cuda else None
             dist.barrier()
             start = time.perf_counter()
-        with peak_gathered(model) if step == 0 else contextlib.nullcontext([]) as gathered:
-            logits = train_model(batch[:, :-1])  # (batch, seq, vocab)
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-            loss.backward()
+        with peak_gathered(sharded) if step == 0 else contextlib.nullcontext([]) as gathered:
+            if pp > 1:  # the schedule runs forward and backward of every micro-batch on this rank's stage
+                strategy.run_window([(batch[:, :-1], batch[:, 1:])], _token_loss, device)
+            else:
+                _token_loss(train_model(batch[:, :-1]), batch[:, 1:]).backward()
         if step == 0:
             out["gathered"] = max(gathered)
         optimizer.step()
         if step == 0:
-            out.update(state_bytes(model, optimizer))
+            out.update(state_bytes(model, optimizer), parameter_tensors=len(list(model.parameters())))
             out["rss_growth"] = _rss_bytes() - base_rss
             out["alloc_growth"] = (torch.cuda.memory_allocated(device) - base_alloc) if cuda else None
         optimizer.zero_grad(set_to_none=True)
@@ -209,11 +223,16 @@ def rank_run(rank: int, world: int, args: argparse.Namespace, zero_stage: int, t
     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the step rate is the slowest rank's
     out["seconds"] = elapsed.item()
     out["peak_rss_growth"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
-    del train_model, optimizer
+    del train_model, optimizer, sharded
     if strategy is not None:
         strategy.teardown(model)
     gc.collect()  # DDP's reference cycles freed while the group lives (see DDP.teardown)
     return out
+
+
+def _token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``(N, L, vocab)`` logits against ``(N, L)`` token ids."""
+    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, name: str, results: Any) -> None:
@@ -286,7 +305,8 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], list[dict]], on
     for (name, world), ranks in runs.items():
         top = max(ranks, key=lambda r: sum(r[k] for k in STATE_KEYS))
         state = sum(top[k] for k in STATE_KEYS)
-        plan = predicted(args, *layout(name)[:1], world, tp=layout(name)[1])
+        zero_stage, tp, pp = layout(name)
+        plan = predicted(args, zero_stage, world, tp=tp, pp=pp)
         plan_state = sum(plan[k] or 0 for k in STATE_KEYS)
         ratio = plan_state / state
         growth = _mib(top["alloc_growth"]) if on_cuda else f"{_mib(top['rss_growth'])} / {_mib(top['peak_rss_growth'])}"
@@ -304,10 +324,11 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], list[dict]], on
     lines.append("")
     lines.append(f"{'strategy':<10}{'world':>6}{'samples/s':>11}{'tokens/s':>11}{'vs ddp':>8}")
     for (name, world), ranks in runs.items():
-        rate = args.steps * args.batch * world / layout(name)[1] / ranks[0]["seconds"]  # a tp group: one batch
+        _, tp, pp = layout(name)
+        rate = args.steps * args.batch * world / (tp * pp) / ranks[0]["seconds"]  # a tp group or pipeline: one batch
         ddp_runs = runs.get(("ddp", world))
         ddp_rate = args.steps * args.batch * world / ddp_runs[0]["seconds"] if ddp_runs else None
-        vs = f"{rate / ddp_rate:.2f}x" if ddp_rate else "-"  # samples/s: a tp group trains one batch
+        vs = f"{rate / ddp_rate:.2f}x" if ddp_rate else "-"
         lines.append(f"{name:<10}{world:>6}{rate:>11.1f}{rate * args.seq:>11.0f}{vs:>8}")
     return lines
 
@@ -315,7 +336,7 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], list[dict]], on
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worlds", default="2,4", help="comma-separated world sizes")
-    names = [*STRATEGIES, *TP_LAYOUTS]
+    names = [*STRATEGIES, *TP_LAYOUTS, *PP_LAYOUTS]
     p.add_argument("--strategies", default=",".join(names), help=f"some of {', '.join(names)}")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one is measured)")
@@ -331,8 +352,8 @@ def main() -> None:
         args.dim, args.depth, args.vocab, args.steps = 128, 2, 2048, 3
     args.worlds = [int(w) for w in args.worlds.split(",")]
     names = args.strategies.split(",")
-    if bad := [n for n in names if n not in STRATEGIES and n not in TP_LAYOUTS]:
-        p.error(f"--strategies: {bad[0]!r}; allowed: {', '.join([*STRATEGIES, *TP_LAYOUTS])}")
+    if bad := [n for n in names if n not in {*STRATEGIES, *TP_LAYOUTS, *PP_LAYOUTS}]:
+        p.error(f"--strategies: {bad[0]!r}; allowed: {', '.join([*STRATEGIES, *TP_LAYOUTS, *PP_LAYOUTS])}")
     on_cuda = torch.cuda.is_available()
     if on_cuda and max(args.worlds) > torch.cuda.device_count():
         p.error(f"--worlds: {max(args.worlds)} ranks need as many GPUs; this machine has {torch.cuda.device_count()}")

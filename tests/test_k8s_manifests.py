@@ -261,7 +261,7 @@ def _commands(page: Path) -> list[list[str]]:
 
 def test_the_multi_node_commands_in_the_docs_parse() -> None:
     """Every torchrun and ``deepseek launch`` line of docs/distributed.md is accepted by torchrun's parser and
-    then by ``deepseek``'s, and trains a config that is in configs/."""
+    then by ``deepseek``'s, and trains (or plans) a config that is in configs/."""
     from torch.distributed.run import parse_args as torchrun_args
 
     from deepseek.cli.main import build_parser
@@ -276,5 +276,6 @@ def test_the_multi_node_commands_in_the_docs_parse() -> None:
             args = build_parser().parse_args(launch.training_script_args)
         else:
             args = build_parser().parse_args(words[1:])
-        assert args.command in ("train", "launch"), words
-        assert (REPO / args.items[0]).is_file(), f"{args.items[0]} is not in the repository: {words}"
+        assert args.command in ("train", "launch", "plan"), words
+        config = args.config if args.command == "plan" else args.items[0]
+        assert (REPO / config).is_file(), f"{config} is not in the repository: {words}"

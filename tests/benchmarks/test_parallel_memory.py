@@ -80,3 +80,28 @@ def test_two_tensor_parallel_ranks_measure_what_the_plan_predicts():
         assert m["parameters"] == plan["parameters"] and m["gradients"] == plan["gradients"], (m, plan)
         assert m["optimizer_state"] == plan["optimizer_state"] + 4 * tensors, (m, plan)
         assert whole / 2 < m["parameters"] < 0.6 * whole  # norms, positions and row-wise biases stay whole
+
+
+TINY_PP = argparse.Namespace(dim=32, depth=2, vocab=64, seq=8, batch=2, warmup=0, steps=1)
+
+
+def _pp_worker(rank: int) -> dict:
+    return _benchmark().rank_run(rank, 2, TINY_PP, 2, pp=2)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow  # two spawned ranks importing torch: ~30 s on this machine
+def test_two_pipeline_ranks_measure_what_the_plan_predicts():
+    """pp 2 (the pipeline strategy's own stages and 1F1B step): the rank holding the most (the first stage, with
+    the token and position embeddings) holds exactly the parameters and gradients the plan predicts; the other
+    stage holds its blocks, the final norm and its copy of the tied head."""
+    bench = _benchmark()
+    measured = run_ranks(_pp_worker, 2, timeout_s=180)
+    plan = bench.predicted(TINY_PP, 2, 2, pp=2)
+    top = max(measured.values(), key=lambda m: m["parameters"])
+    assert top["parameters"] == plan["parameters"] and top["gradients"] == plan["gradients"], (top, plan)
+    # AdamW's two states per element, plus a 0-dim fp32 `step` per parameter tensor, which the plan leaves out
+    assert top["optimizer_state"] == plan["optimizer_state"] + 4 * top["parameter_tensors"], (top, plan)
+    whole = 4 * sum(p.numel() for p in bench._meta_params(TINY_PP))
+    assert all(m["parameters"] < 0.8 * whole for m in measured.values())  # each stage holds part of the model
+    assert all(m["gathered"] == 0 for m in measured.values())  # one rank per stage: nothing is sharded

@@ -55,3 +55,29 @@ def test_bad_targets_are_explained():
         prune(model, torch.randn(1, 8), importance="taylor")
     with pytest.raises(ValueError, match="importance"):
         prune(model, torch.randn(1, 8), importance="l3")
+
+
+@pytest.mark.slow  # torch-pruning traces two models: seconds
+@pytest.mark.parametrize(
+    "name, kwargs, inputs",
+    [
+        ("vit_tiny", {"image_size": 32, "patch": 8, "num_classes": 10}, lambda: torch.randn(2, 3, 32, 32)),
+        ("bert_base", {"dim": 64, "depth": 2, "heads": 4, "vocab_size": 100}, lambda: torch.randint(0, 100, (2, 12))),
+    ],
+)
+def test_ds_attention_loses_whole_heads(name, kwargs, inputs):
+    """ds's attention keeps q, k and v separate: pruning removes whole heads and the model still runs."""
+    import warnings
+
+    torch.manual_seed(0)
+    model, x = ds.models.build(name, **kwargs), inputs()
+    attention = [m for m in model.modules() if type(m).__name__ == "MultiHeadAttention"]
+    heads_before = sum(m.heads for m in attention)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch-pruning on the class token / positions it leaves alone
+        report = ds.compress.prune(model, x, sparsity=0.5)
+    assert report.params_after < report.params_before
+    assert model(x).shape[0] == 2
+    for m in attention:
+        assert m.q_proj.out_features == m.k_proj.out_features == m.v_proj.out_features == m.heads * m.head_dim
+    assert sum(m.heads for m in attention) < heads_before

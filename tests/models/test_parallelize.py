@@ -128,6 +128,7 @@ def test_the_plan_registry_looks_up_gpt2_and_names_what_it_has():
         plan_for("resnet18")
 
 
+@pytest.mark.slow  # an ONNX export: seconds
 def test_gpt2_with_separate_q_k_v_still_exports_to_onnx(tmp_path):
     pytest.importorskip("onnxruntime")
     from deepseek.export import export_onnx, verify_onnx

@@ -73,7 +73,6 @@ def _per_step(losses: list[float], accum: int) -> torch.Tensor:
 
 
 CASES = {  # name: (world, ep, accumulate_grad_batches, grad_clip_norm, resume after this step, EMA decay)
-    "ep2": (2, 2, 1, None, None, None),
     "ep2-accum-clip-ema-resume": (2, 2, 2, 0.05, 5, 0.8),
     "ep2-x2-replicas-clip": (4, 2, 1, 0.05, None, None),  # two expert groups of 2 ranks, each holding every expert
 }

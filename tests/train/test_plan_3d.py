@@ -146,6 +146,7 @@ def test_sequence_parallel_splits_every_activation_and_traffic_by_kind():
     assert tp_collectives(1, False, 6, 1000, 1) == {}
 
 
+@pytest.mark.slow  # a few seconds: the fast lane keeps to its budget
 def test_a_1024_rank_3d_plan_of_a_large_gpt2_prints_each_dimension(capsys):
     """configs/gpt2_3d_1024.yaml (9.7B parameters, tp 8 x pp 8 x dp_shard 16): meta device, no process group."""
     from deepseek.cli.main import main
@@ -183,3 +184,50 @@ def test_interleaved_and_uneven_splits_place_the_blocks_by_stage():
     # one stage: every parameter once (the tied head is the token embedding)
     (whole,) = pp_rank_params(model, params, blocks, 1, 1, None)
     assert sum(p.numel for p in whole) == sum(p.numel() for p in model.parameters())
+
+
+# Tiny models of the families with a tensor-parallel plan; odd vocabularies and classes make rank 0's shard of a
+# cut dim the larger one (DTensor's ceil).
+TP_FAMILIES = {
+    "bert_mlm": ("bert_base", {"vocab_size": 41, "dim": 16, "depth": 2, "heads": 4, "head": "mlm", "dropout": 0.0}),
+    "bert_cls": ("bert_base", {"vocab_size": 41, "dim": 16, "depth": 2, "heads": 4, "num_classes": 3}),
+    "vit": ("vit", {"image_size": 8, "patch": 4, "dim": 16, "depth": 2, "heads": 4, "num_classes": 5}),
+    "transformer": ("transformer", {"src_vocab": 31, "tgt_vocab": 21, "d_model": 16, "heads": 4, "encoder_layers": 2,
+                                    "decoder_layers": 1, "ff": 40, "dropout": 0.0}),
+}  # fmt: skip
+
+
+def _family_model(name: str, kwargs: dict):
+    import deepseek as ds
+    from deepseek.models.vision import ViT
+
+    return ViT(**kwargs) if name == "vit" else ds.models.build(name, **kwargs)  # vit_tiny's 3 heads refuse tp 2
+
+
+@pytest.mark.parametrize("family", sorted(TP_FAMILIES))
+def test_tp_plan_of_each_family_holds_what_its_tensor_parallel_plan_leaves_on_a_rank(family):
+    """The plan's tp 2 per-rank parameters (the model's own layout in plan_dims.TP_LAYOUTS) equal, exactly, what
+    the family's plan in deepseek.models.parallelize leaves on rank 0 of a 2-rank fake process group."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from deepseek.models.parallelize import plan_for_model
+    from deepseek.train.plan import make_plan
+
+    name, kwargs = TP_FAMILIES[family]
+    with torch.device("meta"):
+        meta = _family_model(name, kwargs)
+    cfg = tiny("parallel.zero_stage=3", "parallel.tp=2")  # the parallel section; the model is the family's
+    planned = make_plan(cfg, meta, 2, "cpu", None).dimensions["tp"]["parameters"]
+    model = _family_model(name, kwargs)
+    whole = sum(p.numel() for p in model.parameters())
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        plan_for_model(model)(model, init_device_mesh("cpu", (2,), mesh_dim_names=("tp",)))
+        held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+    assert held < 0.9 * whole  # the plan sharded a good part of the model (the test is not vacuous)
+    assert planned == 4 * held, (family, planned // 4, held, whole)

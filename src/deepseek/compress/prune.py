@@ -9,8 +9,9 @@
 Built on ``torch-pruning``, whose dependency graph follows coupled layers (a convolution, its
 BatchNorm and the next layer's inputs; residual additions; concatenations; the heads of
 attention heads where q, k and v are separate layers), so the pruned model stays consistent.
-``nn.MultiheadAttention`` packs q, k and v to the model width, so in models built on it (ds's
-bert_base, vit) the FFN neurons are pruned but not the heads. ds adds the target (channel
+ds's own attention (bert_base, vit, the encoder-decoder transformer) and Hugging Face's keep q, k and v as
+separate layers, so whole heads are pruned there; ``nn.MultiheadAttention`` packs them to the model width, so
+in models still built on it only the FFN neurons and channels go. ds adds the target (channel
 sparsity, or a fraction of the original FLOPs reached in ``steps`` rounds), the importance by
 name (L1, L2 or first-order Taylor on a batch), the classifier left whole, and the report.
 """
@@ -63,6 +64,12 @@ def _separate_qkv(m: nn.Module) -> bool:
     )
 
 
+def _ds_attention(m: nn.Module) -> bool:
+    return isinstance(getattr(m, "heads", None), int) and all(
+        isinstance(getattr(m, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj")
+    )
+
+
 def prune(
     model: nn.Module,
     example_inputs: Any,
@@ -96,10 +103,12 @@ def prune(
     # attention and FFN output projections (and the pooler) write the residual stream.
     keep_width = [m for n, m in linears if n.endswith(("attention.output.dense", ".output.dense", "pooler.dense"))]
     ignored_layers = [model.get_submodule(n) for n in ignored] + [m for _, m in linears[-1:]] + keep_width
-    # Heads prune where q, k and v are separate Linear layers (Hugging Face attention: MiniLM, BERT);
+    # Heads prune where q, k and v are separate Linear layers (Hugging Face attention: MiniLM, BERT; ds's);
     # nn.MultiheadAttention packs them to the model width, so there only FFN neurons and channels go.
     attention = [m for m in model.modules() if _separate_qkv(m)]
     heads = {lin: m.num_attention_heads for m in attention for lin in (m.query, m.key, m.value)}
+    # ds's own attention (bert_base, vit, transformer): q, k and v are separate too; whole heads go together
+    heads |= {lin: m.heads for m in model.modules() if _ds_attention(m) for lin in (m.q_proj, m.k_proj, m.v_proj)}
     model.eval()
     macs0, params0 = tp.utils.count_ops_and_params(model, example_inputs)
     rounds = steps if flops_target is not None else 1
@@ -123,5 +132,8 @@ def prune(
     for m in attention:  # keep the module's bookkeeping in step with its pruned projections
         m.num_attention_heads = m.query.out_features // m.attention_head_size
         m.all_head_size = m.query.out_features
+    for m in model.modules():
+        if _ds_attention(m):
+            m.heads = m.q_proj.out_features // m.head_dim
     macs1, params1 = tp.utils.count_ops_and_params(model, example_inputs)
     return PruneReport(int(params0), int(params1), int(macs0), int(macs1), done)

@@ -60,8 +60,10 @@ class ExponentialMovingAverage:
             _copy_into(self._shadow, weights)
         else:
             floats = [(s, w) for s, w in zip(self._shadow, weights) if s.is_floating_point() or s.is_complex()]
-            if floats:
-                torch._foreach_lerp_([s for s, _ in floats], [w for _, w in floats], 1.0 - self.decay)
+            # one foreach per mesh: DTensor refuses plain tensors (pipeline x tp: norms stay plain) in one call
+            for mesh in {getattr(s, "device_mesh", None) for s, _ in floats}:
+                pairs = [(s, w) for s, w in floats if getattr(s, "device_mesh", None) == mesh]
+                torch._foreach_lerp_([s for s, _ in pairs], [w for _, w in pairs], 1.0 - self.decay)
             for s, w in zip(self._shadow, weights):  # integer buffers: AveragedModel's own formula
                 if not (s.is_floating_point() or s.is_complex()):
                     s.copy_(s * self.decay + w * (1 - self.decay))

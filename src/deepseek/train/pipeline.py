@@ -4,7 +4,8 @@ The model is cut into ``pp * stages_per_rank`` stages of consecutive blocks
 (:mod:`deepseek.models.parallelize.stages`: even by default, or ``split`` blocks per stage); rank ``r`` of a
 pipeline holds stages ``r, r + pp, ...`` and the model keeps only what those stages hold, under the whole
 model's parameter names. Ranks are laid out row-major over the mesh ``("pp", "dp_replicate", "dp_shard")``
-(pp outermost); with a data-parallel degree above 1 each stage is sharded with FSDP2 ``fully_shard`` over
+(pp outermost; with ``tp`` > 1 a trailing ``"tp"``: each stage is first sharded over it by the model's
+tensor-parallel plan, gpt2's); with a data-parallel degree above 1 each stage is sharded with FSDP2 ``fully_shard`` over
 the data-parallel mesh (its blocks, then the stage), ZeRO-2 by default (``reshard_after_forward`` false: a
 block's parameters stay gathered across the micro-batches of a step).
 
@@ -40,7 +41,13 @@ from deepseek.train.batching import move_to, split_batch
 from deepseek.train.distributed import DistInfo, init_one_rank_group
 from deepseek.train.fsdp import block_modules
 from deepseek.train.metrics import batch_size_of
-from deepseek.train.pipeline_state import PipelinedForward, gather_to_rank0, merge_optimizer_states
+from deepseek.train.pipeline_state import (
+    PipelinedForward,
+    check_pipeline_tp,
+    gather_to_rank0,
+    merge_optimizer_states,
+    to_cpu,
+)
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
@@ -83,9 +90,10 @@ class Pipeline:
         self.microbatches = pp if microbatches is None else _positive("microbatches", microbatches)
         if schedule != "gpipe" and self.microbatches < pp:
             raise _bad("microbatches", microbatches, f"{schedule} needs at least pp = {pp}")
-        if tp != 1 or sequence_parallel:  # 3-D (pp x tp) is not built yet
-            raise _bad("tp" if tp != 1 else "sequence_parallel", tp if tp != 1 else sequence_parallel,
-                       "pipeline parallelism runs with tp 1 (no sequence parallelism) for now")  # fmt: skip
+        self.tp = _positive("tp", tp)
+        if sequence_parallel:  # its residual stream is a sequence shard: not what crosses the stages here
+            raise _bad("sequence_parallel", sequence_parallel, "pipeline parallelism runs with tp 1 or "
+                       "plain tensor parallelism (no sequence parallelism) for now")  # fmt: skip
         self.dp_replicate = _positive("dp_replicate", dp_replicate)
         if not isinstance(dp_shard, int) or (dp_shard < 1 and dp_shard != -1):
             raise _bad("dp_shard", dp_shard, "use an integer >= 1, or -1 for the rest of the world")
@@ -107,13 +115,20 @@ class Pipeline:
         self._tied_pairs: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------------------- set-up
-    def mesh_shape(self, world_size: int) -> tuple[int, int, int]:
-        """``(pp, dp_replicate, dp_shard)``; ValueError when the degrees do not make ``world_size``."""
-        shard = world_size // (self.pp * self.dp_replicate) if self.dp_shard == -1 else self.dp_shard
-        if shard < 1 or self.pp * self.dp_replicate * shard != world_size:
+    def mesh_shape(self, world_size: int) -> tuple[int, ...]:
+        """``(pp, dp_replicate, dp_shard)``, with a trailing ``tp`` when it is above 1 (see :meth:`mesh_dim_names`);
+        ValueError when the degrees do not make ``world_size``."""
+        fixed = self.pp * self.dp_replicate * self.tp
+        shard = world_size // fixed if self.dp_shard == -1 else self.dp_shard
+        if shard < 1 or fixed * shard != world_size:
+            tp = f" x tp {self.tp}" if self.tp > 1 else ""
             raise ValueError(f"train.strategy: pipeline pp {self.pp} x dp_replicate {self.dp_replicate} x dp_shard "
-                             f"{self.dp_shard} does not make the world size {world_size}")  # fmt: skip
-        return (self.pp, self.dp_replicate, shard)
+                             f"{self.dp_shard}{tp} does not make the world size {world_size}")  # fmt: skip
+        return (self.pp, self.dp_replicate, shard, self.tp) if self.tp > 1 else (self.pp, self.dp_replicate, shard)
+
+    def mesh_dim_names(self) -> tuple[str, ...]:
+        """The names of :meth:`mesh_shape`'s dims, in :data:`deepseek.train.mesh_layout.MESH_DIMS` order."""
+        return ("pp", "dp_replicate", "dp_shard", "tp") if self.tp > 1 else ("pp", "dp_replicate", "dp_shard")
 
     def setup(self, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
         """Cut ``model`` to this rank's stages (in place), shard them over the data dimension when it has
@@ -124,7 +139,9 @@ class Pipeline:
             init_one_rank_group(device)
         family_of(model)  # a one-line error for a model with no stages, before anything changes
         shape = self.mesh_shape(torch_dist.get_world_size())
-        self.mesh = init_device_mesh(device.type, shape, mesh_dim_names=("pp", "dp_replicate", "dp_shard"))
+        if self.tp > 1:
+            check_pipeline_tp(model, self.tp)
+        self.mesh = init_device_mesh(device.type, shape, mesh_dim_names=self.mesh_dim_names())
         pp_rank = self.mesh.get_local_rank("pp")
         self._pp_group = self.mesh.get_group("pp")
         self._pp_ranks = torch_dist.get_process_group_ranks(self._pp_group)  # global ranks, by stage rank
@@ -135,8 +152,13 @@ class Pipeline:
         num_stages = self.pp * self.stages_per_rank
         indices = [pp_rank + k * self.pp for k in range(self.stages_per_rank)]
         self.stages = build_stages(model, indices, num_stages, self.split)
-        self._tie_across_ranks(model)
+        self._tie_across_ranks(model)  # full tensors: before the tensor-parallel plan shards them
         self._names = {id(p): name for name, p in model.named_parameters()}
+        if self.tp > 1:  # the plan first, then FSDP2 over the data dims (torchtitan's order)
+            from deepseek.models.parallelize import plan_for_model
+
+            for stage in self.stages:  # stages share the model's modules: the model's parameters are sharded too
+                plan_for_model(model)(stage, self.mesh["tp"])
         if shape[1] * shape[2] > 1:
             self._shard_data_parallel(model, shape)
         held = dict(model.named_parameters())
@@ -167,7 +189,7 @@ class Pipeline:
             with torch.no_grad():
                 torch_dist.broadcast(mine.data, src=src, group=self._tied_group)
 
-    def _shard_data_parallel(self, model: nn.Module, shape: tuple[int, int, int]) -> None:
+    def _shard_data_parallel(self, model: nn.Module, shape: tuple[int, ...]) -> None:
         from torch.distributed.fsdp import fully_shard
 
         dp_mesh = self.mesh["dp_replicate", "dp_shard"] if shape[1] > 1 else self.mesh["dp_shard"]
@@ -283,6 +305,10 @@ class Pipeline:
         for p in self._tied:
             if p.grad is None:  # both ranks take part in every reduction
                 p.grad = torch.zeros_like(p)
+            if hasattr(p.grad, "placements") and p.grad.placements != p.placements:
+                # a vocab-parallel embedding's gradient comes back replicated (the whole table): this rank's
+                # vocabulary shard, as the head's on the last stage (the same tp index) holds it
+                p.grad = p.grad.redistribute(p.device_mesh, p.placements)
             grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
             torch_dist.all_reduce(grad, group=self._tied_group)
 
@@ -292,15 +318,25 @@ class Pipeline:
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         """Clip to a global 2-norm of ``max_norm`` over every stage (and data-parallel shard); returns it."""
         params = [p for p in model.parameters() if p.grad is not None]
-        counted = [p.grad for p in params if id(p) not in self._uncounted]
         device = params[0].grad.device if params else torch.device("cpu")
-        norm = nn.utils.get_total_norm(counted, norm_type=2.0) if counted else torch.zeros((), device=device)
-        if hasattr(norm, "full_tensor"):  # a DTensor, partial over the data-parallel shards
-            norm = norm.full_tensor()
-        squared = (norm.float() ** 2).reshape(1).to(self._comm_device(device))
+        # DTensor cannot mix meshes in one op: under tp the plan's parameters live on the tp (or data x tp)
+        # mesh, the rest (norms, positions) on the data mesh or none; each mesh's norm is reduced on its own
+        # (a shard counts on its rank, a replica once), and the squares summed.
+        by_mesh: dict[Any, list[torch.Tensor]] = {}
+        for p in params:
+            if id(p) not in self._uncounted:
+                by_mesh.setdefault(getattr(p.grad, "device_mesh", None), []).append(p.grad)
+        squared = torch.zeros(1, dtype=torch.float32, device=self._comm_device(device))
+        for grads in by_mesh.values():
+            norm = nn.utils.get_total_norm(grads, norm_type=2.0)
+            if hasattr(norm, "full_tensor"):  # a DTensor, partial over the shards
+                norm = norm.full_tensor()
+            squared += (norm.float() ** 2).reshape(1).to(squared.device)
         torch_dist.all_reduce(squared, group=self._pp_group)
         norm = squared.sqrt()[0].to(device)
-        nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        for mesh in {getattr(p.grad, "device_mesh", None) for p in params}:  # one foreach per kind of tensor
+            nn.utils.clip_grads_with_norm_([p for p in params if getattr(p.grad, "device_mesh", None) == mesh],
+                                           max_norm, norm)  # fmt: skip
         return norm
 
     # ------------------------------------------------------------------------------- state
@@ -327,7 +363,8 @@ class Pipeline:
         return state
 
     def _first_of_data_parallel(self) -> bool:
-        return self.mesh.get_local_rank("dp_replicate") == 0 and self.mesh.get_local_rank("dp_shard") == 0
+        tp_first = self.tp == 1 or self.mesh.get_local_rank("tp") == 0  # the tp ranks gathered the same tensors
+        return tp_first and self.mesh.get_local_rank("dp_replicate") == 0 and self.mesh.get_local_rank("dp_shard") == 0
 
     def load_model_state_dict(self, model: nn.Module, state: Mapping[str, Any]) -> None:
         """Load a full state that every rank holds; each keeps its stages' part (and its shards)."""
@@ -349,7 +386,7 @@ class Pipeline:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         local = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
-        local = _to_cpu(local)
+        local = to_cpu(local)
         merged = gather_to_rank0(local, self._first_of_data_parallel())
         return merge_optimizer_states(merged) if merged is not None else {}
 
@@ -375,13 +412,3 @@ class Pipeline:
         :meth:`model_state_dict`: ``final/``)."""
         self._schedule, self._schedules = None, {}
         return train_model
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_cpu(v) for v in value]
-    return value

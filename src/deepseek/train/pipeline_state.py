@@ -42,6 +42,29 @@ def merge_optimizer_states(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"state": state, "param_groups": groups}
 
 
+def check_pipeline_tp(model: nn.Module, tp: int) -> None:
+    """ValueError (one line) unless ``model``'s tensor-parallel plan runs on its pipeline stages (gpt2's) and
+    ``tp`` divides the sizes it shards; before anything is cut or sharded."""
+    from deepseek.models.language import GPT2
+    from deepseek.models.parallelize import check_tp
+
+    if not isinstance(model, GPT2):
+        raise ValueError(f"train.strategy: pipeline tp: {tp!r} is not allowed; tp > 1 with pp runs gpt2 only for now, "
+                         f"not {type(model).__name__}; use tp 1")  # fmt: skip
+    check_tp(model, tp)
+
+
+def to_cpu(value: Any) -> Any:
+    """``value`` (tensors inside dicts and lists) on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_cpu(v) for v in value]
+    return value
+
+
 def _to(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)

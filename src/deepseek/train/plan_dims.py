@@ -6,8 +6,12 @@ Per rank, T = tp, S = pp x pp_stages_per_rank stages, m = micro-batches, v = pp_
 - tp parameters: the layers the model's plan shards hold ``1/T`` of their weight (gpt2: q, k, v and the MLP's
   first Linear column-wise, weight rows and bias ``/T``; the attention output and the MLP's second Linear
   row-wise, weight columns ``/T``, bias replicated; the token embedding and its tied head vocab-sharded, rows
-  ``/T``); norms, positions and row-wise biases stay whole. A dim cut ``T`` ways holds ``ceil(n / T)`` on rank
-  0 (DTensor's ``Shard``). Models without a layout here: every Linear weight inside the blocks ``/T`` (the
+  ``/T``); norms, positions and row-wise biases stay whole. bert, vit and the encoder-decoder transformer
+  likewise (:data:`TP_LAYOUTS`, after their plans in :mod:`deepseek.models.parallelize`): bert's word embedding
+  vocab-sharded and its tied MLM decoder column-wise (bias ``/T``), the transformer's two embeddings
+  vocab-sharded and its head column-wise; vit's patch embedding, class token, positions and head whole. Heads
+  made column-wise only by ``loss_parallel`` are counted whole. A dim cut ``T`` ways holds ``ceil(n / T)`` on
+  rank 0 (DTensor's ``Shard``). Models without a layout here: every Linear weight inside the blocks ``/T`` (the
   Megatron pattern), the rest whole. FSDP2 then shards each tp-local tensor's dim 0 over ``dp_shard``.
 - pp parameters: stage ``s`` holds its blocks (an even split, or ``pp_split``); the modules registered before
   the blocks (embeddings) sit on the first stage, those after (final norm, head: a tied head is a copy there)
@@ -41,9 +45,14 @@ if TYPE_CHECKING:  # plan.py imports this module
     from deepseek.config import Config
     from deepseek.config.schema import ParallelSection
 
-# Per model class name: (column-wise Linear suffixes, row-wise Linear suffixes, vocab-sharded Embedding names).
+# Per model class name: (column-wise Linear name suffixes, row-wise Linear name suffixes, vocab-sharded Embedding
+# names), as the family's plan in deepseek.models.parallelize shards them (a suffix matches whole name parts).
+_QKV = ("q_proj", "k_proj", "v_proj")
 TP_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "GPT2": (("attn.q", "attn.k", "attn.v", "mlp.0"), ("attn.proj", "mlp.2"), ("tok", "head")),
+    "Bert": ((*_QKV, "ffn.0", "mlm_decoder"), ("out_proj", "ffn.2"), ("word",)),
+    "ViT": ((*_QKV, "mlp.0"), ("out_proj", "mlp.3"), ()),
+    "Seq2SeqTransformer": ((*_QKV, "linear1", "head"), ("out_proj", "linear2"), ("src_embed", "tgt_embed")),
 }
 
 
@@ -93,12 +102,16 @@ def tp_shape(module_name: str, module: nn.Module, kind: str, shape: torch.Size, 
         inside = isinstance(module, nn.Linear) and kind == "weight" and ".blocks." in f".{module_name}"
         return (_cut(shape[0], tp), *shape[1:]) if inside else shape
     col, row, vocab = layout
-    local = module_name.split("blocks.", 1)[-1].split(".", 1)[-1] if "blocks." in module_name else module_name
-    if local in col or (module_name in vocab and kind == "weight"):
+    if _matches(module_name, col) or (module_name in vocab and kind == "weight"):
         return (_cut(shape[0], tp), *shape[1:])
-    if local in row and kind == "weight":
+    if _matches(module_name, row) and kind == "weight":
         return (shape[0], _cut(shape[1], tp))
     return shape
+
+
+def _matches(module_name: str, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``module_name`` ends in one of ``suffixes`` (whole parts: ``attn.q`` is not ``attn.q_proj``)."""
+    return any(module_name == s or module_name.endswith(f".{s}") for s in suffixes)
 
 
 def local_params(model: nn.Module, blocks: nn.ModuleList | None, tp: int) -> list[LocalParam]:

@@ -15,6 +15,7 @@ and MLP all-gather it on entry; the sequence length must then divide by ``tp``. 
 
 from __future__ import annotations
 
+import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
@@ -26,18 +27,30 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from deepseek.models.language import GPT2
+from deepseek.models.language import GPT2, GPT2Block
 
 
 def check_tp_degree(model: GPT2, tp: int) -> None:
     """ValueError naming ``parallel.tp``, its value and the sizes unless ``tp`` divides gpt2's attention heads
     (so each rank holds whole heads) and its hidden sizes (``dim``, the MLP's ``4 * dim``)."""
-    heads = {block.attn.heads for block in model.blocks}
-    dim = model.tok.embedding_dim
-    hidden = {block.mlp[0].out_features for block in model.blocks}
-    sizes = f"heads {', '.join(map(str, sorted(heads)))}, dim {dim}, mlp {', '.join(map(str, sorted(hidden)))}"
-    if not isinstance(tp, int) or tp < 1 or any(n % tp for n in (*heads, dim, *hidden)):
+    blocks = _held_blocks(model)
+    heads = {block.attn.heads for block in blocks}
+    dims = {block.mlp[0].in_features for block in blocks}
+    hidden = {block.mlp[0].out_features for block in blocks}
+    sizes = (f"heads {', '.join(map(str, sorted(heads)))}, dim {', '.join(map(str, sorted(dims)))}, "
+             f"mlp {', '.join(map(str, sorted(hidden)))}")  # fmt: skip
+    if not isinstance(tp, int) or tp < 1 or any(n % tp for n in (*heads, *dims, *hidden)):
         raise ValueError(f"parallel.tp={tp!r} must be a positive integer dividing gpt2's {sizes}")
+
+
+def _held_blocks(model: nn.Module) -> list[GPT2Block]:
+    """The gpt2 blocks ``model`` runs: all of a whole model's; a pipeline stage's own (not its pass-throughs)."""
+    return [block for block in model.blocks if isinstance(block, GPT2Block)]  # type: ignore[union-attr]
+
+
+def _is_gpt2(model: nn.Module) -> bool:
+    """A whole gpt2, or a pipeline stage of one (:class:`~deepseek.models.parallelize.stages.Stage`)."""
+    return isinstance(model, GPT2) or getattr(model, "family", None) is GPT2
 
 
 def _block_plan(sequence_parallel: bool) -> dict[str, object]:
@@ -68,18 +81,24 @@ def _block_plan(sequence_parallel: bool) -> dict[str, object]:
 def parallelize_gpt2(
     model: GPT2, tp_mesh: DeviceMesh, *, sequence_parallel: bool = False, loss_parallel: bool = False
 ) -> GPT2:
-    """Shard ``model`` in place over the 1-D ``tp_mesh`` and return it.
+    """Shard ``model`` (a gpt2, or a pipeline stage of one) in place over the 1-D ``tp_mesh`` and return it.
+
+    A stage's parts are the ones it holds: its blocks (pass-throughs skipped), the embeddings on the first
+    stage, the final norm and head on the last. The head is tied to the token embedding only where one module
+    holds both (under pipeline parallelism the last stage's head is a copy of its own, sharded alike).
 
     Every rank must feed the same token ids ``(N, L)``. The output is the logits ``(N, L, vocab)`` as a plain
     tensor, or with ``loss_parallel`` a DTensor sharded on the vocabulary (``Shard(-1)``), whose
     cross-entropy is computed inside ``torch.distributed.tensor.parallel.loss_parallel()``.
     Raises ValueError (see :func:`check_tp_degree`) before anything is sharded.
     """
-    if not isinstance(model, GPT2):
-        raise TypeError(f"parallelize_gpt2 takes a GPT2, got {type(model).__name__}")
+    if not _is_gpt2(model):
+        raise TypeError(f"parallelize_gpt2 takes a GPT2 or a pipeline stage of one, got {type(model).__name__}")
     check_tp_degree(model, tp_mesh.size())
-    for block in model.blocks:
+    for block in _held_blocks(model):
         parallelize_module(block, tp_mesh, _block_plan(sequence_parallel))
+    tok, head = getattr(model, "tok", None), getattr(model, "head", None)
+    tied = tok is not None and head is not None and head.weight is tok.weight
     residual = Shard(1) if sequence_parallel else Replicate()
     top: dict[str, object] = {
         # vocab-parallel embedding: each rank looks up its rows, the partial sums are reduced (or scattered)
@@ -94,10 +113,14 @@ def parallelize_gpt2(
         # (L, dim) positions: each rank keeps its slice of the sequence, to add to its slice of the tokens
         top["pos"] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Shard(0))
         top["ln_f"] = SequenceParallel()
-    parallelize_module(model, tp_mesh, {"tok": top.pop("tok")})
-    # The head is tied to the token embedding: share the sharded weight (both Shard(0) over the vocabulary)
-    # before the head's plan runs, which then keeps that DTensor instead of distributing a second copy.
-    model.head.weight = model.tok.weight
-    parallelize_module(model, tp_mesh, top)
-    model.head.weight = model.tok.weight  # the plan wraps it in a new Parameter: tie again
+    # A stage plans only what it holds (tok and pos on the first, ln_f and head on the last).
+    top = {name: style for name, style in top.items() if getattr(model, name, None) is not None}
+    if "tok" in top:
+        parallelize_module(model, tp_mesh, {"tok": top.pop("tok")})
+    if tied:  # share the sharded weight (both Shard(0) over the vocabulary) before the head's plan runs, which
+        model.head.weight = model.tok.weight  # then keeps that DTensor instead of distributing a second copy
+    if top:
+        parallelize_module(model, tp_mesh, top)
+    if tied:
+        model.head.weight = model.tok.weight  # the plan wraps it in a new Parameter: tie again
     return model

@@ -125,6 +125,7 @@ class Stage(nn.Module):
         self.index, self.num_stages, (self.a, self.b) = index, num_stages, bounds
         self.is_first, self.is_last = index == 0, index == num_stages - 1
         self._run = family.run
+        self.family = type(model)  # the whole model's class: which tensor-parallel plan shards this stage
         blocks = model.blocks  # type: ignore[attr-defined]
         self.blocks = nn.ModuleList([blocks[i] if self.a <= i < self.b else PassThrough() for i in range(len(blocks))])
         held = (family.first if self.is_first else ()) + (family.last(model) if self.is_last else ())
