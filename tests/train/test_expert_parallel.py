@@ -36,7 +36,7 @@ def _global_micro_batches(world: int, accum: int) -> list[tuple[torch.Tensor, to
 
 
 def _train(run_dir: Path, batches: list, strategy, accum: int, clip: float | None, stop_at: int | None = None,
-           ema: float | None = None) -> tuple:  # fmt: skip
+           ema: float | None = None, sharded: bool = False) -> tuple:  # fmt: skip
     """Train 10 steps (resuming once after ``stop_at`` steps when set; with an EMA of decay ``ema``, which
     ``final/`` then holds); returns every micro-batch's loss and the names of the expert parameters this rank holds."""
     losses: list[float] = []
@@ -55,16 +55,17 @@ def _train(run_dir: Path, batches: list, strategy, accum: int, clip: float | Non
             model, torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-4), loss_fn=loss_fn, max_steps=max_steps,
             max_epochs=None, accumulate_grad_batches=accum, grad_clip_norm=clip, strategy=strategy, device="cpu",
             ema_decay=ema, metrics=(), run_dir=run_dir, tensorboard=False, progress="off", checkpoint_every_minutes=None,
+            sharded_checkpoint=sharded,
         )  # fmt: skip
         trainer.fit(batches, resume=resume)
     experts = sorted({".".join(name.split(".")[:5]) for name, _ in model.named_parameters() if ".experts." in name})
     return losses, experts
 
 
-def _rank_worker(rank: int, world: int, run_dir: str, spec: dict, accum: int, clip, stop_at, ema) -> tuple:
+def _rank_worker(rank: int, world: int, run_dir: str, spec: dict, accum: int, clip, stop_at, ema, sharded) -> tuple:
     rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     batches = [(x[rows], y[rows]) for x, y in _global_micro_batches(world, accum)]
-    return _train(Path(run_dir), batches, spec, accum, clip, stop_at, ema)
+    return _train(Path(run_dir), batches, spec, accum, clip, stop_at, ema, sharded)
 
 
 def _per_step(losses: list[float], accum: int) -> torch.Tensor:
@@ -72,9 +73,11 @@ def _per_step(losses: list[float], accum: int) -> torch.Tensor:
     return torch.tensor(losses[-STEPS * accum :], dtype=torch.float64).view(STEPS, accum).mean(1)
 
 
-CASES = {  # name: (world, ep, accumulate_grad_batches, grad_clip_norm, resume after this step, EMA decay)
-    "ep2-accum-clip-ema-resume": (2, 2, 2, 0.05, 5, 0.8),
-    "ep2-x2-replicas-clip": (4, 2, 1, 0.05, None, None),  # two expert groups of 2 ranks, each holding every expert
+CASES = {  # name: (world, ep, accumulate_grad_batches, grad_clip_norm, resume after this step, EMA decay, sharded)
+    "ep2-accum-clip-ema-resume": (2, 2, 2, 0.05, 5, 0.8, False),
+    # checkpoint.sharded: each rank writes its own experts through DCP; resumed at ep 2, loaded at ep 1
+    "ep2-sharded-ema-resume": (2, 2, 1, None, 5, 0.8, True),
+    "ep2-x2-replicas-clip": (4, 2, 1, 0.05, None, None, False),  # two expert groups of 2 ranks, each holding every expert
 }
 
 
@@ -82,10 +85,10 @@ CASES = {  # name: (world, ep, accumulate_grad_batches, grad_clip_norm, resume a
 @pytest.mark.distributed
 @pytest.mark.parametrize("case", list(CASES))
 def test_expert_parallel_ranks_equal_one_process_on_the_global_batch(tmp_path, case):
-    world, ep, accum, clip, stop_at, ema = CASES[case]
+    world, ep, accum, clip, stop_at, ema, sharded = CASES[case]
     spec = {"name": "expert_parallel", "ep": ep}
     run_dir = str(tmp_path / "ranks")
-    results = run_ranks(_rank_worker, world, world, run_dir, spec, accum, clip, stop_at, ema, timeout_s=300)
+    results = run_ranks(_rank_worker, world, world, run_dir, spec, accum, clip, stop_at, ema, sharded, timeout_s=300)
     single, _ = _train(tmp_path / "one", _global_micro_batches(world, accum), "single_device", accum, clip, ema=ema)
 
     per_rank = EXPERTS // ep  # rank r holds experts r * per_rank ... of every block, under their own names
@@ -102,6 +105,16 @@ def test_expert_parallel_ranks_equal_one_process_on_the_global_batch(tmp_path, c
         torch.testing.assert_close(ours[name], theirs[name], atol=1e-5, rtol=0, msg=name)
     if stop_at:  # the first leg checkpointed through the strategy and the second resumed from it
         assert (tmp_path / "ranks" / "checkpoints" / f"step-{stop_at:08d}").is_dir()
+    if sharded:  # every rank wrote its own experts; the checkpoint loads into the whole model (ep 1) unchanged
+        from deepseek.runs import load_sharded_weights
+
+        last = tmp_path / "ranks" / "checkpoints" / f"step-{STEPS:08d}"
+        assert (last / "shards" / ".metadata").is_file()
+        whole = _model(seed=7)
+        load_sharded_weights(whole, last, part="ema" if ema else "model")
+        for name, tensor in whole.state_dict().items():
+            if name in ours:
+                torch.testing.assert_close(tensor, ours[name], atol=1e-6, rtol=0, msg=name)
 
 
 def test_expert_parallel_in_one_process_trains_the_whole_model(tmp_path):

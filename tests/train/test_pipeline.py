@@ -216,9 +216,11 @@ def test_a_custom_step_and_auxiliary_losses_are_refused():
 @pytest.mark.distributed
 def test_pipeline_with_fsdp_on_the_data_dimension_equals_one_process(tmp_path):
     """dp 2 x pp 2 on 4 ranks: each stage sharded with FSDP2 over the 2 data-parallel ranks, each pipeline fed
-    its half of every global batch; one process trains on the whole global batches."""
+    its half of every global batch, stopped after step 5 and resumed from its sharded checkpoint; one process
+    trains on the whole global batches without a break."""
     spec = {"name": "pipeline", "pp": 2, "schedule": "1f1b", "dp_shard": 2}
-    results = run_ranks(_rank_worker, 4, "gpt2", str(tmp_path / "ranks"), spec, None, "auto", 2, timeout_s=300)
+    results = run_ranks(_rank_worker, 4, "gpt2", str(tmp_path / "ranks"), spec, 5, "auto", 2, timeout_s=300)
+    assert (tmp_path / "ranks" / "checkpoints" / "step-00000005" / "shards" / ".metadata").is_file()
     single = _train("gpt2", tmp_path / "one", "single_device", dp=2)
     got = (_per_step(results[2]["losses"]) + _per_step(results[3]["losses"])) / 2  # the last stage's two halves
     torch.testing.assert_close(got, _per_step(single["losses"]), atol=1e-5, rtol=0)

@@ -131,10 +131,11 @@ def test_tp2_through_the_trainer_matches_one_process(sequence_parallel, loss_par
     assert expected["losses"][-1] < expected["losses"][0] - 0.5  # the steps do train
 
 
-def tp_config(tmp_path: Path, strategy: str = "{name: fsdp, zero_stage: 3, tp: 2}") -> Config:
+def tp_config(tmp_path: Path, strategy: str = "{name: fsdp, zero_stage: 3, tp: 2}", rank: int = 0) -> Config:
+    """The config, written to a file of ``rank``'s own: ranks that shared one read it while another rewrote it."""
     from deepseek.config import load_config
 
-    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file = tmp_path / f"cfg-{rank}.yaml"
     cfg_file.write_text(f"model: {{name: gpt2, vocab_size: 259, max_positions: {SEQ}, dim: 16, depth: 2, heads: 2}}\n"
                         f"data: {{name: chatterbot_lm, seq_len: {SEQ}, batch_size: 4, val_fraction: 0}}\n"
                         f"train: {{max_steps: 3, device: cpu, loss: token_cross_entropy, strategy: {strategy}}}\n"
@@ -266,15 +267,18 @@ def windows_of(index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[a:b], y[a:b]) for a, b in micro] * STEPS
 
 
-def train_dp2_tp2(rank: int) -> dict[str, Any]:
+def train_dp2_tp2(rank: int, run_dir: str) -> dict[str, Any]:
+    """5 steps, then a fresh model (other weights) resumed from the sharded checkpoint of step 5 to STEPS."""
     from deepseek.train.fsdp import FSDP
     from deepseek.train.mesh_layout import data_parallel_index
 
-    strategy = FSDP(zero_stage=2, tp=2)
     record = Record()
     index = data_parallel_index(rank, tp=2, dp=2)
-    trainer = make_trainer(tiny_gpt2(), record, strategy, accumulate_grad_batches=2)
-    trainer.fit(windows_of(index), [token_batches(2, seed=2)[index]])
+    for seed, steps, resume in ((0, 5, None), (1, STEPS, "auto")):
+        strategy = FSDP(zero_stage=2, tp=2)
+        trainer = make_trainer(tiny_gpt2(seed), record, strategy, accumulate_grad_batches=2, max_steps=steps,
+                               run_dir=Path(run_dir))  # fmt: skip
+        trainer.fit(windows_of(index), [token_batches(2, seed=2)[index]], resume=resume)
     weights = strategy.model_state_dict(trainer.model)
     return {"index": index, "losses": record.losses, "grad_norms": record.grad_norms,
             "val": validation(trainer), "weights": plain(weights)}  # fmt: skip
@@ -282,11 +286,13 @@ def train_dp2_tp2(rank: int) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_dp2_x_tp2_with_uneven_accumulation_matches_one_process():
+def test_dp2_x_tp2_with_uneven_accumulation_matches_one_process(tmp_path):
+    """dp 2 x tp 2, stopped after step 5 and resumed from its sharded checkpoint, equals one process throughout."""
     record = Record()
     one = make_trainer(tiny_gpt2(), record, "single_device")
     one.fit(token_batches(1, rows=8) * STEPS, token_batches(2, seed=2))
-    results = run_ranks(train_dp2_tp2, 4, timeout_s=240)
+    results = run_ranks(train_dp2_tp2, 4, str(tmp_path / "ranks"), timeout_s=240)
+    assert (tmp_path / "ranks" / "checkpoints" / "step-00000005" / "shards" / ".metadata").is_file()
     assert [results[r]["index"] for r in range(4)] == [0, 0, 1, 1]
     sizes = [b - a for index in (0, 1) for a, b in MICRO_ROWS[index]]  # 3, 2, 2, 1
     for first, second in ((0, 2), (1, 3), (0, 3)):  # one rank of each tp group
@@ -334,7 +340,7 @@ def test_fsdp_tp_arguments_and_mesh():
 
 
 def config_run(rank: int, cfg_dir: str, strategy: str, run_dir: str) -> None:
-    cfg = tp_config(Path(cfg_dir), strategy)
+    cfg = tp_config(Path(cfg_dir), strategy, rank)
     ds.Trainer.from_config(cfg, overrides=None, run_dir=run_dir).fit()
 
 

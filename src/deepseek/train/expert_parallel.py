@@ -42,6 +42,9 @@ class ExpertParallelStrategy(DDP):
     """Experts over groups of ``ep`` ranks, replicated across groups; the rest data-parallel (DDP)."""
 
     collective_state_dict = True  # rank 0 gathers every expert for checkpoints and final/
+    # checkpoint.sharded: true is allowed: each rank's experts are tensors of its own under their own names, so
+    # DCP writes each rank's part (replicated tensors once) and reads it back at any layout (ep 2 -> 1 included)
+    holds_own_parameters = True
 
     def __init__(self, ep: int = 1) -> None:
         if not isinstance(ep, int) or isinstance(ep, bool) or ep < 1:

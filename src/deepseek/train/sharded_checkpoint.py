@@ -53,15 +53,16 @@ def check_sharded_setting(setting: Any) -> bool | str:
 
 def uses_sharded_checkpoints(setting: bool | str, strategy: Any, dist: DistInfo) -> bool:
     """Whether checkpoints are written sharded: ``auto`` under a strategy that shards parameters (fsdp
-    ZeRO-2/3); ``true`` also on a single process (a DCP checkpoint that loads at any layout); never
-    under DDP or ZeRO-1, whose non-main ranks do not take part in a checkpoint (ValueError)."""
+    ZeRO-2/3, pipeline); ``true`` also on a single process (a DCP checkpoint that loads at any layout) and
+    under a strategy whose ranks hold parameters of their own (``holds_own_parameters``: expert_parallel's
+    experts); never under DDP or ZeRO-1, whose non-main ranks do not take part in a checkpoint (ValueError)."""
     shards_params = getattr(strategy, "zero_stage", None) in (2, 3)
     if setting == "auto":
         return shards_params
-    if setting and not shards_params and dist.world_size > 1:
+    if setting and not (shards_params or getattr(strategy, "holds_own_parameters", False)) and dist.world_size > 1:
         raise ValueError(
-            f"checkpoint.sharded: true needs a strategy that shards parameters (fsdp zero_stage 2 or 3) on "
-            f"{dist.world_size} ranks, not {type(strategy).__name__}; use auto or false"
+            f"checkpoint.sharded: true needs a strategy that shards parameters (fsdp zero_stage 2 or 3, pipeline, "
+            f"expert_parallel) on {dist.world_size} ranks, not {type(strategy).__name__}; use auto or false"
         )
     return bool(setting)
 
