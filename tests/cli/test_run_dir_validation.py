@@ -9,6 +9,7 @@ from tests.conftest import run_cli, write_yaml
 
 @pytest.mark.parametrize("where", ["a_file", pytest.param("inside_proc", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("command", ["train", pytest.param("launch", marks=pytest.mark.slow)])
+@pytest.mark.slow  # real CLI processes: seconds; the fast lane keeps to its 2-minute budget
 def test_a_run_dir_that_is_a_file_or_inside_proc_is_one_line_and_exit_2(tmp_path, where, command):
     cfg = write_yaml(
         tmp_path / "cfg.yaml",

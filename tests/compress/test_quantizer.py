@@ -38,6 +38,7 @@ def _rel_error(model, reference, x) -> float:
         return float((model(x).float() - ref).norm() / ref.norm())
 
 
+@pytest.mark.slow  # quantizes to every level: seconds; the fast lane keeps to its 2-minute budget
 @pytest.mark.parametrize(
     ("kwargs", "max_error", "max_size"),
     [
@@ -99,6 +100,7 @@ def test_kl_and_percentile_clip_heavy_tails_tighter_than_minmax():
     assert -1.0 <= lo < 0 < hi <= 3.0
 
 
+@pytest.mark.slow  # QAT training: seconds; the fast lane keeps to its 2-minute budget
 def test_qat_trains_in_the_trainer_and_converts_to_int8(trained):
     from deepseek.compress import convert, prepare_qat
 

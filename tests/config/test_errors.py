@@ -88,6 +88,7 @@ def test_overrides_are_typed():
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float) and cfg.data.batch_size == 16
 
 
+@pytest.mark.slow  # a real process: seconds; the fast lane keeps to its 2-minute budget
 def test_real_process_exits_2_without_traceback():
     r = run_cli("train", QUICKSTART, "optim.lr=-1")
     assert r.returncode == 2

@@ -77,6 +77,7 @@ def test_exported_program_round_trips(tmp_path):
     assert torch.allclose(torch.export.load(str(path)).module()(x), model(x))
 
 
+@pytest.mark.slow  # trains and exports through the CLI: seconds; the fast lane keeps to its 2-minute budget
 def test_cli_exports_a_trained_run_and_fails_above_tolerance(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(REPO / "configs" / "quickstart.yaml"), "--run-dir", str(run), "train.max_epochs=1"]) == 0
@@ -88,6 +89,7 @@ def test_cli_exports_a_trained_run_and_fails_above_tolerance(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nowhere")]) == 2
 
 
+@pytest.mark.slow  # exports twice: seconds; the fast lane keeps to its 2-minute budget
 def test_one_self_contained_file_unless_the_weights_exceed_the_limit(tmp_path, monkeypatch):
     import deepseek.export.onnx as onnx_module
 

@@ -34,6 +34,7 @@ def test_a_version_0_run_directory_serves_what_it_trained(tmp_path: Path) -> Non
     torch.testing.assert_close(torch.tensor(got["scores"]), want[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # a real server process: seconds; the fast lane keeps to its 2-minute budget
 def test_a_newer_run_directory_is_refused_with_one_line(tmp_path: Path) -> None:
     run = Path(shutil.copytree(FIXTURE, tmp_path / "run_v1"))
     (run / runs.FORMAT_FILE).write_text(json.dumps({"format_version": runs.FORMAT_VERSION + 1}))
