@@ -18,10 +18,17 @@ def split_in_proj(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_
     (packed ``in_proj_weight (3 * dim, dim)`` / ``in_proj_bias (3 * dim,)``, rows q then k then v) load into
     the separate ``q_proj``, ``k_proj`` and ``v_proj``; ``out_proj`` keeps its name. A packed tensor whose rows
     do not split in three is left for ``load_state_dict`` to report as unexpected."""
+    unpack_qkv(state_dict, prefix, "in_proj_{kind}", ("q_proj", "k_proj", "v_proj"))
+
+
+def unpack_qkv(state_dict: dict[str, Any], prefix: str, packed: str, names: tuple[str, str, str]) -> None:
+    """Split the packed ``prefix + packed.format(kind=...)`` weight ``(3 * dim, dim)`` and bias ``(3 * dim,)``
+    (rows q, then k, then v) into ``prefix + name + ".weight"`` / ``".bias"`` for the three ``names``, in place;
+    rows that do not split in three are left for ``load_state_dict`` to report."""
     for kind in ("weight", "bias"):
-        key = f"{prefix}in_proj_{kind}"
+        key = prefix + packed.format(kind=kind)
         if key in state_dict and state_dict[key].shape[0] % 3 == 0:
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), state_dict.pop(key).chunk(3, dim=0)):
+            for name, part in zip(names, state_dict.pop(key).chunk(3, dim=0)):
                 state_dict[f"{prefix}{name}.{kind}"] = part
 
 

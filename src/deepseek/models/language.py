@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deepseek.models.blocks import GradientCheckpointing, MultiHeadAttention
+from deepseek.models.blocks import GradientCheckpointing, MultiHeadAttention, unpack_qkv
 from deepseek.nn.checkpointing import run_checkpointed
 from deepseek.registry import register_model
 
@@ -51,11 +51,7 @@ def split_packed_qkv(module: nn.Module, state_dict: dict[str, Any], prefix: str,
     one ``qkv`` Linear (weight ``(3 * dim, dim)``, bias ``(3 * dim,)``, rows q then k then v) load into the
     separate ``q``, ``k`` and ``v``. A packed tensor whose rows do not split in three is left for
     ``load_state_dict`` to report as unexpected."""
-    for kind in ("weight", "bias"):
-        key = f"{prefix}qkv.{kind}"
-        if key in state_dict and state_dict[key].shape[0] % 3 == 0:
-            for name, part in zip(("q", "k", "v"), state_dict.pop(key).chunk(3, dim=0)):
-                state_dict[f"{prefix}{name}.{kind}"] = part
+    unpack_qkv(state_dict, prefix, "qkv.{kind}", ("q", "k", "v"))
 
 
 class CausalSelfAttention(nn.Module):
