@@ -39,6 +39,7 @@ import os
 import queue
 import resource
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -253,7 +254,8 @@ def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, name:
             gc.collect()  # a group freed at interpreter exit can abort gloo's threads
         results.put((rank, value))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the benchmark
-        results.put((rank, f"{type(exc).__name__}: {exc}"))
+        where = traceback.extract_tb(exc.__traceback__)[-1]  # a bare assert has no message: say where it failed
+        results.put((rank, f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"))
 
 
 def run_world(args: argparse.Namespace, name: str, world: int) -> list[dict[str, Any]]:
@@ -360,7 +362,11 @@ def main() -> None:
     # glibc keeps freed heap memory mapped, so RSS would count every allocation ever made; with a fixed
     # mmap threshold, tensors above 64 KiB get their own mapping and go back on free. The ranks inherit it.
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    runs = {(name, world): run_world(args, name, world) for world in args.worlds for name in names}
+    fits = [(n, w) for w in args.worlds for n in names if w % (layout(n)[1] * layout(n)[2]) == 0]
+    for name, world in sorted({(n, w) for w in args.worlds for n in names} - set(fits), key=str):
+        _, tp, pp = layout(name)
+        print(f"{name} at world {world}: skipped (tp {tp} x pp {pp} does not divide the world size)")
+    runs = {(name, world): run_world(args, name, world) for name, world in fits}
     count = sum(p.numel() for p in _meta_params(args))
     print(f"GPT-2 dim={args.dim} depth={args.depth} vocab={args.vocab} seq={args.seq}, {count / 1e6:.2f} M parameters, "
           f"AdamW fp32, batch {args.batch} per rank, {'NCCL on CUDA' if on_cuda else 'gloo on CPU'}; "

@@ -101,4 +101,6 @@ def test_pipeline_strategy_at_world_one_on_nccl(tmp_path: Path, schedule: str):
     got = run({"name": "pipeline", "pp": 1, "schedule": schedule, "microbatches": 2}, "pp")
     expected = run("single_device", "one")
     for name, tensor in expected.items():
+        if name.endswith("attn.k.bias"):  # its exact gradient is 0 (softmax ignores a shift shared by all keys):
+            continue  # AdamW turns the round-off left there into lr-sized steps that differ by micro-batching (H200)
         torch.testing.assert_close(got[name], tensor, atol=1e-4, rtol=1e-4, msg=name)

@@ -177,3 +177,47 @@ def test_vit_sequence_parallel_needs_the_tokens_to_divide(fake_tp_mesh):
     model = ViT(image_size=8, patch=4, dim=16, depth=1, heads=4, num_classes=3)  # 4 patches + class token: 5
     with pytest.raises(ValueError, match=r"parallel\.sequence_parallel=True .*5 tokens .*parallel\.tp=2"):
         plan_for("vit_tiny")(model, fake_tp_mesh, sequence_parallel=True)
+
+
+@pytest.fixture
+def one_rank_tp_mesh(tmp_path):
+    """A real 1-rank gloo mesh (the plans run forward and backward on it)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,), mesh_dim_names=("tp",))
+    finally:
+        dist.destroy_process_group()
+
+
+GPT2 = ({"vocab_size": 40, "max_positions": 16, "dim": 16, "depth": 2, "heads": 4}, lambda: torch.randint(0, 40, (2, 8)))
+
+
+@pytest.mark.parametrize("name, sequence_parallel", [("gpt2", False), ("gpt2", True), ("vit_tiny", False),
+                                                     ("bert_base", False), ("transformer", False)])  # fmt: skip
+def test_every_parameter_is_a_dtensor_after_a_plan_so_foreach_optimizers_step(one_rank_tp_mesh, name, sequence_parallel):
+    """The parts a plan does not shard (LayerNorms, position embeddings) are replicated DTensors on the tp mesh,
+    not plain tensors: a foreach optimizer (AdamW's default on CUDA) refuses a mix of both ('got mixed
+    torch.Tensor and DTensor', seen on an H200), and the step still equals the unsharded model's."""
+    from torch.distributed.tensor import DTensor
+
+    from deepseek.models.parallelize import plan_for
+
+    kwargs, make_input = GPT2 if name == "gpt2" else BUILD[name]
+    torch.manual_seed(0)
+    x = make_input()
+    plain = ds.models.build(name, **kwargs)
+    sharded = ds.models.build(name, **kwargs)
+    sharded.load_state_dict(plain.state_dict())
+    plan_for(name)(sharded, one_rank_tp_mesh, sequence_parallel=sequence_parallel)
+    assert [n for n, p in sharded.named_parameters() if not isinstance(p, DTensor)] == []
+    for model in (plain, sharded):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=True)
+        out = model(x)
+        out = out.full_tensor() if isinstance(out, DTensor) else out
+        out.float().square().mean().backward()
+        opt.step()
+    for (key, p), q in zip(plain.named_parameters(), sharded.parameters()):
+        torch.testing.assert_close(q.full_tensor(), p.detach(), rtol=1e-5, atol=1e-6, msg=key)

@@ -37,6 +37,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from deepseek.models.language import Bert
+from deepseek.models.parallelize.replicate import replicate_the_rest
 from deepseek.models.speech import Seq2SeqTransformer
 
 
@@ -128,7 +129,7 @@ def parallelize_bert(model: Bert, tp_mesh: DeviceMesh, *, sequence_parallel: boo
         model.mlm_decoder.weight = model.word.weight  # the plan wraps it in a new Parameter: tie again
     elif model.head_kind == "classification" and loss_parallel:
         parallelize_module(model, tp_mesh, {"classifier": logits_head(True)})
-    return model
+    return replicate_the_rest(model, tp_mesh)
 
 
 def check_transformer(model: Seq2SeqTransformer, tp: int) -> None:
@@ -159,4 +160,4 @@ def parallelize_transformer(model: Seq2SeqTransformer, tp_mesh: DeviceMesh, *, s
         parallelize_module(layer, tp_mesh, plan | mlp)
     top = {"src_embed": vocab_embedding(), "tgt_embed": vocab_embedding(), "head": logits_head(loss_parallel)}
     parallelize_module(model, tp_mesh, top)
-    return model
+    return replicate_the_rest(model, tp_mesh)

@@ -28,6 +28,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from deepseek.models.language import GPT2, GPT2Block
+from deepseek.models.parallelize.replicate import replicate_the_rest
 
 
 def check_tp_degree(model: GPT2, tp: int) -> None:
@@ -123,4 +124,4 @@ def parallelize_gpt2(
         parallelize_module(model, tp_mesh, top)
     if tied:
         model.head.weight = model.tok.weight  # the plan wraps it in a new Parameter: tie again
-    return model
+    return replicate_the_rest(model, tp_mesh)

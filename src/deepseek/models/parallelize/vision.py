@@ -27,6 +27,7 @@ from deepseek.models.parallelize.encoders import (
     logits_head,
     slice_and_gather_blocks,
 )
+from deepseek.models.parallelize.replicate import replicate_the_rest
 from deepseek.models.vision import ViT
 
 
@@ -66,4 +67,4 @@ def parallelize_vit(model: ViT, tp_mesh: DeviceMesh, *, sequence_parallel: bool 
         slice_and_gather_blocks(model.blocks, tp_mesh, extra_inputs=0)  # block(x)
     if loss_parallel:
         parallelize_module(model, tp_mesh, {"head": logits_head(True)})
-    return model
+    return replicate_the_rest(model, tp_mesh)
