@@ -91,8 +91,9 @@ def test_pipeline_strategy_at_world_one_on_nccl(tmp_path: Path, schedule: str):
     def run(strategy: object, name: str) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         model = ds.models.build("gpt2", **TINY)
-        trainer = ds.Trainer(model, torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6), loss_fn=_lm_loss,
-                             max_steps=4, max_epochs=None, strategy=strategy, device="cuda", metrics=(),
+        # SGD: its step is linear in the gradient, so the round-off of micro-batching stays round-off (AdamW
+        # divides tiny gradients by their own size and made lr-sized differences of it in attn.k on an H200)
+        trainer = ds.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=_lm_loss, max_steps=4, max_epochs=None, strategy=strategy, device="cuda", metrics=(),
                              run_dir=tmp_path / name, tensorboard=False, progress="off")  # fmt: skip
         trainer.fit(batches)
         assert not dist.is_initialized()
@@ -101,6 +102,4 @@ def test_pipeline_strategy_at_world_one_on_nccl(tmp_path: Path, schedule: str):
     got = run({"name": "pipeline", "pp": 1, "schedule": schedule, "microbatches": 2}, "pp")
     expected = run("single_device", "one")
     for name, tensor in expected.items():
-        if name.endswith("attn.k.bias"):  # its exact gradient is 0 (softmax ignores a shift shared by all keys):
-            continue  # AdamW turns the round-off left there into lr-sized steps that differ by micro-batching (H200)
         torch.testing.assert_close(got[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
