@@ -93,7 +93,8 @@ def test_pipeline_strategy_at_world_one_on_nccl(tmp_path: Path, schedule: str):
         model = ds.models.build("gpt2", **TINY)
         # SGD: its step is linear in the gradient, so the round-off of micro-batching stays round-off (AdamW
         # divides tiny gradients by their own size and made lr-sized differences of it in attn.k on an H200)
-        trainer = ds.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=_lm_loss, max_steps=4, max_epochs=None, strategy=strategy, device="cuda", metrics=(),
+        trainer = ds.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=_lm_loss, max_steps=4,
+                             max_epochs=None, strategy=strategy, device="cuda", metrics=(),
                              run_dir=tmp_path / name, tensorboard=False, progress="off")  # fmt: skip
         trainer.fit(batches)
         assert not dist.is_initialized()
