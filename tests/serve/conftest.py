@@ -92,6 +92,7 @@ class ServerProcess:
         self.url = ""
         self._tail: deque[str] = deque(maxlen=self.TAIL_LINES)
         self._listening = threading.Event()
+        self._new_output = threading.Condition()
         self._drain: threading.Thread | None = None
 
     def start(self, timeout: float = 180) -> ServerProcess:
@@ -122,7 +123,9 @@ class ServerProcess:
 
     def _drain_output(self, stream) -> None:
         for line in stream:
-            self._tail.append(line)
+            with self._new_output:
+                self._tail.append(line)
+                self._new_output.notify_all()
             if not self.url and (m := re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)):
                 self.url = m.group(1)
                 self._listening.set()
@@ -131,6 +134,12 @@ class ServerProcess:
     def output_tail(self) -> str:
         """The server's last ``TAIL_LINES`` lines of output (stdout and stderr interleaved)."""
         return "".join(list(self._tail))
+
+    def wait_for_output(self, text: str, timeout: float = 60) -> bool:
+        """Whether ``text`` shows in the output tail within ``timeout`` seconds: the drain thread reads the
+        server's pipe on its own schedule, behind what the server has written (seen in CI under load)."""
+        with self._new_output:
+            return self._new_output.wait_for(lambda: text in self.output_tail(), timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the server; if it is still running 30 s later, kill it and what it started."""

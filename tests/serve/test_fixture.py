@@ -45,6 +45,6 @@ def test_a_server_that_logs_megabytes_keeps_answering(chatty_dir: Path):
             r = httpx.post(s.url + "/v1/models/chatty/predict", json={"instances": [[i, 1, 2, 3]]}, timeout=30)
             assert r.status_code == 200, r.text
             assert r.json()["predictions"][0] == [i, 1, 2, 3]
-        assert "chatty line 0999" in s.output_tail()
+        assert s.wait_for_output("chatty line 0999"), s.output_tail()[-300:]
     finally:
         s.kill(signal.SIGTERM)

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deepseek.cli import compress_cmd, export_cmd, launch_cmd, plan_cmd, serve_cmd
+from deepseek.cli import compress_cmd, export_cmd, launch_cmd, plan_cmd, serve_cmd, shard_cmd
 from deepseek.cli import run_dir as run_dirs
 from deepseek.cli.dispatch import run_command
 from deepseek.cli.errors import UsageError
@@ -136,7 +136,9 @@ def _save_input_spec(run: Any) -> None:
 
     prep = Pipeline(run.config.data.preprocess, seed=0) if run.config.data.preprocess else None
     try:
-        write_input_spec(run.trainer.run_dir, describe_sample(run.splits, prep))
+        # a shard set written from a config records the raw input's spec (its samples hold preprocessed inputs)
+        recorded = (run.splits.info or {}).get("input_spec")
+        write_input_spec(run.trainer.run_dir, recorded or describe_sample(run.splits, prep))
     except (ValueError, TypeError, IndexError) as exc:
         print(f"note: no input_spec.json for serving ({exc})", file=sys.stderr)
 
@@ -292,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_list)
 
     add_data_parser(sub)
+    shard_cmd.add_parser(sub)  # `deepseek data shard`
 
     export_cmd.add_parser(sub)
     compress_cmd.add_parser(sub)

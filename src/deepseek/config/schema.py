@@ -7,6 +7,7 @@ other keys are the builder's keyword arguments and are checked against its signa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
 )
 
 from deepseek.config.parallel_rules import model_parallel_problem
+from deepseek.config.streaming import StreamingSection
 
 Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "progressive"]
 NonFinite = Literal["stop", "skip", "ignore"]
@@ -89,7 +91,9 @@ class Component(BaseModel):
 class DataSection(Component):
     """The dataset by name plus loader settings; other keys go to the dataset builder.
 
-    ``transforms`` run on each training sample's input in the loader's workers, seeded per sample.
+    ``transforms`` run on each training sample's input in the loader's workers, seeded per sample. With
+    ``shards`` the splits are read from a shard set written by ``deepseek data shard`` instead of built from
+    ``name`` (which stays the dataset's name, used for the run's record).
     """
 
     batch_size: PositiveInt = Field(default=64, description="Training samples per batch on each process (rank).")
@@ -113,6 +117,27 @@ class DataSection(Component):
         description="Training-only augmentations run after preprocess, seeded per sample: names or "
         "{type: Name, params: {...}}.",
     )
+    shards: Optional[str] = Field(
+        default=None,
+        description="A shard directory or fsspec URL (s3://, gs://, https://, file://) written by `deepseek data "
+        "shard`: its splits are streamed instead of building data.name's; null: build data.name's splits.",
+    )
+    streaming: StreamingSection = Field(
+        default=StreamingSection(), description="How data.shards is read: cache, shuffle window, prefetch, corrupt shards."
+    )
+
+    @field_validator("shards")
+    @classmethod
+    def _a_shard_set(cls, value: Optional[str]) -> Optional[str]:
+        allowed = "allowed: a directory written by `deepseek data shard` or an fsspec URL such as s3://bucket/prefix"
+        if value is None or "://" in value:
+            return value
+        where = Path(value).expanduser()
+        if not where.is_dir():
+            raise ValueError(f"no such directory; {allowed}")
+        if not ((where / "index.json").is_file() or (where / "splits.json").is_file()):
+            raise ValueError(f"holds neither index.json nor splits.json; {allowed}")
+        return value
 
 
 class EarlyStoppingSection(Strict):

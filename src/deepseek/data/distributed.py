@@ -19,18 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from deepseek.data.datasets import DatasetSplits, build_dataset
 from deepseek.data.loader import ResumableDataLoader
+from deepseek.data.seeded import SeededCollate, batch_seed, sample_seed
 from deepseek.data.transforms import Pipeline
 
-_MIX = 1_000_003
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample ``index`` in ``epoch``: independent of worker and rank."""
-    return (seed * _MIX * _MIX + epoch * _MIX + index) % (2**63)
+# SeededCollate and the seeds live in deepseek.data.seeded (the streaming loader uses them too); kept importable here.
+__all__ = ["DistributedDataset", "SeededCollate", "batch_seed", "is_shard_source", "sample_seed", "streaming_loader"]
 
 
 class _Indexed(Dataset):
@@ -44,38 +41,6 @@ class _Indexed(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, Any]:
         return index, self.dataset[index]
-
-
-class SeededCollate:
-    """Apply ``pipeline``'s per-sample steps to each sample's input (the first item of an ``(input,
-    target)`` pair, else the whole sample) with its :func:`sample_seed`, then ``collate``, then its
-    batch-level steps (MixUp, CutMix: they mix samples, so they need the whole batch) to the collated
-    batch with :func:`batch_seed`. Picklable for workers."""
-
-    def __init__(self, pipeline: Pipeline, seed: int, collate: Callable[[list[Any]], Any] = default_collate) -> None:
-        self.pipeline, self.seed, self.collate, self.epoch = pipeline, seed, collate, 0
-        self.per_sample, self.per_batch = pipeline.split()
-
-    def __call__(self, items: list[tuple[int, Any]]) -> Any:
-        out = []
-        for index, sample in items:
-            s = sample_seed(self.seed, self.epoch, index)
-            if self.per_sample is None:
-                out.append(sample)
-            elif isinstance(sample, (tuple, list)) and len(sample) == 2:
-                out.append((self.per_sample(sample[0], seed=s), sample[1]))
-            else:
-                out.append(self.per_sample(sample, seed=s))
-        batch = self.collate(out)
-        if self.per_batch is not None:
-            batch = self.per_batch(batch, seed=batch_seed(self.seed, self.epoch, [i for i, _ in items]))
-        return batch
-
-
-def batch_seed(seed: int, epoch: int, indices: list[int]) -> int:
-    """The seed of a batch-level step: from the batch's sample indices, so independent of worker and
-    rank, and distinct from every per-sample seed of the epoch (offset by a large odd constant)."""
-    return (sample_seed(seed, epoch, indices[0]) + 0x9E3779B97F4A7C15 + len(indices)) % (2**63)
 
 
 def dataset_from_path(path: Path) -> DatasetSplits:
@@ -99,6 +64,61 @@ def dataset_from_path(path: Path) -> DatasetSplits:
     )
 
 
+def is_shard_source(source: Any) -> bool:
+    """Whether ``source`` names a shard set written by ``deepseek data shard``: an fsspec URL, or a local
+    directory holding ``index.json`` (one shard set) or ``splits.json`` (train/val shard sets)."""
+    if isinstance(source, str) and "://" in source:
+        return True
+    if not isinstance(source, (str, Path)):
+        return False
+    where = Path(source)
+    return where.is_dir() and ((where / "index.json").is_file() or (where / "splits.json").is_file())
+
+
+def streaming_loader(
+    source: str | Path,
+    batch_size: int = 256,
+    num_workers: int | None = None,
+    collate_fn: Pipeline | Callable[[list[Any]], Any] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    *,
+    split: str = "train",
+    drop_last: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    pin_memory: bool = False,
+    streaming: dict[str, Any] | None = None,
+    pad: bool = True,
+) -> Any:
+    """A :class:`~deepseek.data.shards.stream.StreamingLoader` over ``split`` of the shard set at ``source``
+    (directory or URL). ``streaming``: ``cache_dir``, ``cache_limit``, ``shuffle_window``, ``prefetch``,
+    ``on_corrupt`` (see ``data.streaming``). ``pad`` does not apply: a streaming epoch is never padded (a
+    rank's last batch may be short, even empty, never a repeated sample)."""
+    from deepseek.data.shards.reader import open_shard_splits
+    from deepseek.data.shards.stream import StreamingLoader
+
+    options = dict(streaming or {})
+    loader_options = {k: options.pop(k) for k in ("shuffle_window", "prefetch") if k in options}
+    chosen = getattr(open_shard_splits(source, **options), split, None)
+    if chosen is None:
+        raise ValueError(f"shard set '{source}' has no '{split}' split")
+    env_rank, env_world = _world()
+    return StreamingLoader(
+        chosen,
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        rank=env_rank if rank is None else rank,
+        world_size=env_world if world_size is None else world_size,
+        num_workers=min(8, os.cpu_count() or 1) if num_workers is None else num_workers,
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        **loader_options,
+    )
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -113,7 +133,17 @@ class DistributedDataset(ResumableDataLoader):
     dataset name (its ``split``, ``train`` or ``val``). ``collate_fn``: a :class:`Pipeline` (its per-sample
     steps seeded per sample, then ``default_collate``, then its batch-level steps such as MixUp seeded per
     batch) or any collate function. ``num_workers`` defaults to ``min(8, cpu count)``.
+
+    A shard directory or URL written by ``deepseek data shard`` (see :func:`is_shard_source`) gives a
+    :class:`~deepseek.data.shards.stream.StreamingLoader` instead (see :func:`streaming_loader`; its keyword
+    ``streaming`` holds the cache and shuffle settings): the same loader protocol, a global order that does
+    not depend on the world size, and a resume that keeps its position at another world size.
     """
+
+    def __new__(cls, path_or_dataset: Dataset | str | None = None, *args: Any, **kwargs: Any) -> Any:
+        if is_shard_source(path_or_dataset):
+            return streaming_loader(path_or_dataset, *args, **kwargs)  # not a cls: __init__ is not called
+        return super().__new__(cls)  # (no arguments: copy and pickle call __new__ bare)
 
     def __init__(
         self,
@@ -130,7 +160,11 @@ class DistributedDataset(ResumableDataLoader):
         rank: int | None = None,
         world_size: int | None = None,
         pin_memory: bool = False,
+        streaming: dict[str, Any] | None = None,
     ) -> None:
+        if streaming:
+            raise ValueError(f"streaming options {sorted(streaming)} apply to a shard set only (a directory or URL "
+                             "written by `deepseek data shard`), not to an in-memory dataset")  # fmt: skip
         dataset = self._resolve(path_or_dataset, split)
         env_rank, env_world = _world()
         rank = env_rank if rank is None else rank

@@ -66,8 +66,10 @@ def build_loaders(
     """The train and validation loaders of this rank's data shard: one shard per data-parallel index, so the
     ranks of one tensor-parallel group (and of one pipeline) read the same batches (see :func:`data_shard`)."""
     d = cfg.data
-    splits = splits if splits is not None else build_dataset(d.name, **d.kwargs)
+    splits = splits if splits is not None else build_splits(cfg)
     index, shards = data_shard(cfg, dist)
+    if d.shards is not None:
+        return _streaming_loaders(cfg, splits, index, shards)
     common = dict(seed=cfg.train.seed, rank=index, world_size=shards, num_workers=d.num_workers)
     steps = [*d.preprocess, *d.transforms]
     augment = Pipeline(steps, seed=cfg.train.seed) if steps else None
@@ -80,6 +82,45 @@ def build_loaders(
         val = DistributedDataset(
             splits.val, d.val_batch_size or d.batch_size, collate_fn=prep, shuffle=False, pad=False, **common
         )
+    return train, val
+
+
+def build_splits(cfg: Config) -> DatasetSplits:
+    """The config's datasets: the shard set ``data.shards`` names (opened, read as the loaders go), else
+    ``data.name``'s splits built."""
+    d = cfg.data
+    if d.shards is None:
+        return build_dataset(d.name, **d.kwargs)
+    from deepseek.data.shards.reader import open_shard_splits  # pyarrow (the data extra): only for shard sets
+
+    s = d.streaming
+    try:
+        return open_shard_splits(d.shards, cache_dir=s.cache_dir, cache_limit=s.cache_limit, on_corrupt=s.on_corrupt)
+    except (OSError, ValueError) as exc:  # a shard set that is not there or does not read: the user's input
+        raise ConfigError([f"data.shards: '{d.shards}' cannot be read: {str(exc).splitlines()[0]}"]) from None
+
+
+def _streaming_loaders(
+    cfg: Config, splits: DatasetSplits, index: int, shards: int
+) -> tuple[DataLoader, DataLoader | None]:
+    """StreamingLoaders over the shard sets (train shuffled, validation in order): the global order does not
+    depend on the world size, so a resume keeps its position at another one. ``data.preprocess`` that the
+    index records as applied at shard time is not applied again; ``data.transforms`` run per sample, seeded
+    by the sample's global index."""
+    from deepseek.data.shards.stream import StreamingLoader
+
+    d, seed = cfg.data, cfg.train.seed
+    recorded = getattr(getattr(splits.train, "index", None), "preprocess", None)
+    preprocess = [] if recorded else list(d.preprocess)
+    common = dict(seed=seed, rank=index, world_size=shards, num_workers=d.num_workers,
+                  shuffle_window=d.streaming.shuffle_window, prefetch=d.streaming.prefetch)  # fmt: skip
+    steps = [*preprocess, *d.transforms]
+    train = StreamingLoader(splits.train, d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last,
+                            collate_fn=Pipeline(steps, seed=seed) if steps else None, **common)  # fmt: skip
+    val = None
+    if splits.val is not None:
+        prep = Pipeline(preprocess, seed=seed) if preprocess else None
+        val = StreamingLoader(splits.val, d.val_batch_size or d.batch_size, shuffle=False, collate_fn=prep, **common)
     return train, val
 
 
@@ -118,7 +159,7 @@ def assemble(
             raise ConfigError([f"train.gradient_checkpointing: model '{cfg.model.name}' has no gradient_checkpointing_enable(); "
                                "wrap its blocks with ds.nn.checkpoint_modules in Python instead"])  # fmt: skip
         model.gradient_checkpointing_enable()
-    splits = build_dataset(cfg.data.name, **cfg.data.kwargs)
+    splits = build_splits(cfg)
     train_loader, val_loader = build_loaders(cfg, dist, splits)
     optimizer = build_optimizer(cfg.optim.name, model.parameters(), **cfg.optim.kwargs)
     scheduler = None

@@ -38,6 +38,8 @@ def evaluate(
     for m in metrics:
         m.reset()
     for batch in data:
+        if batch_size_of(batch) == 0:  # a rank's empty share of a streamed split's end: its mean loss is nan
+            continue
         batch = move_to(batch, device)
         with autocast():
             loss, outputs, targets = eval_step(model, batch)

@@ -210,8 +210,12 @@ class OptimizerStep:
                 with self._autocast():
                     loss = self.loss(self.train_model, batch)
                 weight = sizes[i] * world / total
-                scaled = loss if weight == 1.0 else loss * weight
+                # An empty batch (a rank's share of an uneven epoch end) still runs backward so that DDP's
+                # collectives match the other ranks'; its mean loss is 0/0 = nan, weighted by 0 its gradients are 0.
+                scaled = loss if weight == 1.0 else (loss.nan_to_num() if sizes[i] == 0 else loss) * weight
                 (self._scale_loss(scaled) if self._scale_loss is not None else scaled).backward()
+            if sizes[i] == 0:  # adds nothing to the logged loss, and its nan is not a nan/inf step
+                continue
             loss = loss.detach()
             if hasattr(loss, "full_tensor"):  # a DTensor (loss_parallel): its value, replicated on the tp ranks
                 loss = loss.full_tensor()

@@ -187,7 +187,9 @@ class TrainerState:
         saved_world, world = state.get("world_size", self.dist.world_size), self.dist.world_size
         ranks = state.get("rng_ranks")
         rng.set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == world else state["rng"])
-        if saved_world != world:  # each rank's share of the epoch changes: the data position cannot carry over
+        streaming = isinstance(self._data_state, dict) and self._data_state.get("format") == "streaming"
+        # A streaming loader's order is global (rank-independent): its saved position resumes at any world size.
+        if saved_world != world and not streaming:  # each rank's share of the epoch changes: the position is lost
             warnings.warn(
                 f"resuming a checkpoint written at world size {saved_world} at world size {world}: the data "
                 f"position does not carry over, epoch {self.epoch} restarts from its first batch", stacklevel=2
