@@ -66,6 +66,7 @@ def test_document_003_call_quantizes_dynamically_and_says_so(trained, capsys):
     assert _accuracy(small, x, y) >= _accuracy(model, x, y) - 0.02
 
 
+@pytest.mark.slow  # about 5 s: every backend of the auto report
 def test_document_001_config_and_auto_backend_report(trained):
     model, calib, x, _ = trained
     quantizer = Quantizer(model, act_quant="per_tensor", wt_quant="per_tensor", calib_data=calib, method="percentile")

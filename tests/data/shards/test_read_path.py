@@ -57,6 +57,7 @@ def test_a_corrupted_shard_is_still_caught_by_a_new_loader_after_an_earlier_one_
         list(StreamingLoader(open_shards(shard_dir), 8, num_workers=1))
 
 
+@pytest.mark.slow  # a fresh interpreter: about 8 s
 def test_reading_batches_imports_no_modules(shard_dir) -> None:
     """Run in a fresh interpreter: anything imported lazily while reading is imported again by every worker."""
     script = textwrap.dedent(f"""
