@@ -147,13 +147,28 @@ def check_resume_config(sources: list[Path], new: dict[str, Any]) -> tuple[Path 
     saved_path = next((p for d in sources if (p := latest_config(d)) is not None), None)
     if saved_path is None:
         return None, {}
-    changes = config_changes(read_config(saved_path), new)
+    changes = config_changes(_with_todays_defaults(saved_path), new)
     if refused := [k for k in changes if not resumable(k)]:
         raise UsageError(
             f"--resume: the config differs from the run's ({saved_path}) in {', '.join(refused)}, which a resumed "
             "run cannot change; undo those changes, or start a new run (another --run-dir, or --overwrite)"
         )
     return saved_path, changes
+
+
+def _with_todays_defaults(saved_path: Path) -> dict[str, Any]:
+    """The saved config as this release resolves it: keys added since the run was written (``data.streaming``,
+    say) get their defaults, so they are no change; the file as it is when this release cannot load it."""
+    import yaml
+
+    from deepseek.config import ConfigError, load_config
+
+    saved = read_config(saved_path)
+    try:
+        resolved = load_config(saved_path).to_dict()
+    except (ConfigError, ValueError, TypeError):
+        return saved
+    return yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False))  # as config.yaml holds it (a YAML round trip)
 
 
 def resume_sources(run_dir: Path, resume: str) -> list[Path]:
