@@ -21,13 +21,15 @@ from typing import Any
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from deepseek.data.datasets import DatasetSplits, build_dataset
+from deepseek.data.datasets import build_dataset
+from deepseek.data.folders import dataset_from_path
 from deepseek.data.loader import ResumableDataLoader
 from deepseek.data.seeded import SeededCollate, batch_seed, sample_seed
 from deepseek.data.transforms import Pipeline
 
 # SeededCollate and the seeds live in deepseek.data.seeded (the streaming loader uses them too); kept importable here.
-__all__ = ["DistributedDataset", "SeededCollate", "batch_seed", "is_shard_source", "sample_seed", "streaming_loader"]
+__all__ = ["DistributedDataset", "SeededCollate", "batch_seed", "dataset_from_path", "is_shard_source", "sample_seed",
+           "streaming_loader"]
 
 
 class _Indexed(Dataset):
@@ -41,27 +43,6 @@ class _Indexed(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, Any]:
         return index, self.dataset[index]
-
-
-def dataset_from_path(path: Path) -> DatasetSplits:
-    """The generic loader for what ``path`` holds: ``<class>/`` folders of images or WAVs, a ``.jsonl``
-    file (``text``/``label``), or a ``.csv``/``.parquet`` table with a ``label`` column; all data in ``train``."""
-    from deepseek.data.folders import IMAGE_SUFFIXES, image_folder, jsonl_text, table, wav_folder
-
-    suffix = path.suffix.lower()
-    if path.is_file() and suffix == ".jsonl":
-        return jsonl_text(str(path), val_fraction=0.0)
-    if path.is_file() and suffix in (".csv", ".parquet", ".pq"):
-        return table(str(path), target="label", val_fraction=0.0)
-    if path.is_dir():
-        kinds = {f.suffix.lower() for f in path.glob("*/*") if f.is_file()}
-        if kinds & IMAGE_SUFFIXES:
-            return image_folder(str(path), val_fraction=0.0)
-        if ".wav" in kinds:
-            return wav_folder(str(path), val_fraction=0.0)
-    raise ValueError(
-        f"'{path}': expected <class>/ folders of images or .wav files, a .jsonl file, or a .csv/.parquet table"
-    )
 
 
 def is_shard_source(source: Any) -> bool:

@@ -182,3 +182,22 @@ def jsonl_text(
     labels = [classes.index(str(r)) for r in raw]
     train, val = split_texts(texts, labels, val_fraction, seed)
     return DatasetSplits(train, val, len(classes), None, {"classes": classes})
+
+
+def dataset_from_path(path: Path) -> DatasetSplits:
+    """The generic loader for what ``path`` holds: ``<class>/`` folders of images or WAVs, a ``.jsonl``
+    file (``text``/``label``), or a ``.csv``/``.parquet`` table with a ``label`` column; all data in ``train``."""
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix == ".jsonl":
+        return jsonl_text(str(path), val_fraction=0.0)
+    if path.is_file() and suffix in (".csv", ".parquet", ".pq"):
+        return table(str(path), target="label", val_fraction=0.0)
+    if path.is_dir():
+        kinds = {f.suffix.lower() for f in path.glob("*/*") if f.is_file()}
+        if kinds & IMAGE_SUFFIXES:
+            return image_folder(str(path), val_fraction=0.0)
+        if ".wav" in kinds:
+            return wav_folder(str(path), val_fraction=0.0)
+    raise ValueError(
+        f"'{path}': expected <class>/ folders of images or .wav files, a .jsonl file, or a .csv/.parquet table"
+    )

@@ -2,7 +2,7 @@
 
 Sources: a registered dataset name (or import path) with its kwargs and the ``data.preprocess`` steps of a
 config (applied here, once, per sample and seeded by the sample index); an image or WAV folder, a ``.jsonl``
-file (as :func:`~deepseek.data.distributed.dataset_from_path` reads them); a ``.csv``/``.parquet`` table read in
+file (as :func:`~deepseek.data.folders.dataset_from_path` reads them); a ``.csv``/``.parquet`` table read in
 record batches with pyarrow, so a table larger than memory can be sharded; a text corpus tokenized into
 language-model windows. Reading a config YAML belongs to the CLI (config sits above data); it passes the
 ``data`` section here as plain arguments.
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from deepseek.data.datasets import DatasetSplits, build_dataset
-from deepseek.data.folders import IMAGE_SUFFIXES, image_folder, jsonl_text, wav_folder
+from deepseek.data.folders import dataset_from_path, jsonl_text
 from deepseek.data.sample_spec import describe_sample
 from deepseek.data.seeded import sample_seed
 from deepseek.data.shards.format import LANGUAGE_MODEL
@@ -142,18 +142,6 @@ def table_source(path: Path, scratch: Path, target: str = "label") -> DatasetSpl
     return DatasetSplits(ParquetRows(path, features, target, classes), None, len(classes), (len(features),), info)
 
 
-def folder_source(path: Path) -> DatasetSplits:
-    """``<class>/`` folders of images or WAVs, all in ``train``: what
-    :func:`~deepseek.data.distributed.dataset_from_path` makes of them (not imported from there: distributed
-    reads shard sets, so importing it here would make an import cycle)."""
-    kinds = {f.suffix.lower() for f in path.glob("*/*") if f.is_file()}
-    if kinds & IMAGE_SUFFIXES:
-        return image_folder(str(path), val_fraction=0.0)
-    if ".wav" in kinds:
-        return wav_folder(str(path), val_fraction=0.0)
-    raise ValueError(f"SOURCE '{path}': expected <class>/ folders of images or .wav files")
-
-
 def read_corpus(path: Path, text_key: str = "text") -> str:
     """A ``.txt`` file's text, or a ``.jsonl`` file's ``text_key`` fields joined by blank lines."""
     if path.suffix.lower() == ".txt":
@@ -222,7 +210,7 @@ def open_source(source: str, scratch: Path, *, tokenize: str | None = None, seq_
     if path.is_file() and path.suffix.lower() == ".jsonl":
         return ShardSource(jsonl_text(str(path), val_fraction=0.0), str(path))
     if path.is_dir():
-        return ShardSource(folder_source(path), str(path))
+        return ShardSource(dataset_from_path(path), str(path))
     if "/" in source or path.suffix.lower() in (*TABLE_SUFFIXES, *TEXT_SUFFIXES, ".yaml", ".yml"):
         raise ValueError(f"SOURCE '{source}': no such file or directory; allowed: a config .yaml, a dataset name, "
                          "an image/WAV folder, a .csv/.parquet/.jsonl file")  # fmt: skip
