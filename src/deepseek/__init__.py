@@ -60,7 +60,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Tensor functions and dtypes the reference documents use (``ds.cat``, ``ds.tensor``) are torch's."""
-    if name in ("compress", "export", "multimodal", "serve"):  # heavier stages load on first use: ds.serve.Client
+    if name in ("compress", "distributed", "export", "multimodal", "serve"):  # heavier stages load on first use: ds.serve.Client
         import importlib
 
         return importlib.import_module(f"deepseek.{name}")

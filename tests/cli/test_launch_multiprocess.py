@@ -100,6 +100,11 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     proc = _launch(directory, "launch", "--nproc", "2", str(_config(directory)), "--run-dir", str(directory / "run"))
     err = _finish(proc, directory, "launch")
     assert proc.returncode == 0, err
+    # DDP without parallel.comm: its flat all-reduce is still timed and counted (issue 18's comm/* metrics)
+    records = [json.loads(line) for line in (directory / "run" / "metrics.jsonl").read_text().splitlines()]
+    comm = [r for r in records if "comm/seconds" in r]
+    assert comm and comm[-1]["comm/seconds"] > 0 and 0 < comm[-1]["comm/share"] <= 1, records
+    assert comm[-1]["comm/bytes"] == comm[-1]["comm/bytes_fp32"] > 0  # uncompressed
     return _final_weights(directory / "run")
 
 

@@ -99,7 +99,7 @@ def test_defaults_and_the_resolved_config_reloads(tmp_path):
                                          "reshard_after_forward": None, "cpu_offload": False, "meta_init": False,
                                          "pp_schedule": "1f1b", "pp_microbatches": None, "pp_stages_per_rank": 1,
                                          "pp_split": None, "ep": 1, "sequence_parallel": False,
-                                         "loss_parallel": False}  # fmt: skip
+                                         "loss_parallel": False, "comm": None}  # fmt: skip
     for given in (["parallel.zero_stage=3"], ["train.strategy=fsdp"]):
         resolved = tmp_path / "resolved.yaml"
         resolved.write_text(yaml.safe_dump(load_config(QUICKSTART, given).to_dict()))

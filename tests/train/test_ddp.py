@@ -63,6 +63,8 @@ def test_two_gloo_ranks_match_each_other_and_one_process(tmp_path, user_module):
         {
             **base,
             "data": {**base["data"], "batch_size": 16},
+            # comm: false: no all-reduce hook of ds's, so that the recorder can register its own
+            "train": {**base["train"], "strategy": {"name": "ddp", "comm": False}},
             "callbacks": [{"name": "recorder:Record", "out": str(ddp_out)}],
         },
     )

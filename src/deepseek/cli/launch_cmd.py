@@ -62,6 +62,46 @@ def rdzv_id(run_dir: str) -> str:
     return "deepseek-" + re.sub(r"[^A-Za-z0-9_-]", "_", run_dir.rstrip("/").rsplit("/", 1)[-1])
 
 
+def agent_command(args: argparse.Namespace, run_id: str) -> list[str]:
+    """The torchrun agent with its rendezvous and rank options, before the module the ranks run."""
+    cmd = [sys.executable, "-m", AGENT_MODULE]
+    if args.nnodes == 1 and args.rdzv_endpoint is None:
+        cmd += ["--standalone"]
+    else:
+        # c10d numbers the ranks itself (torchrun ignores --node-rank there): the node rank only says
+        # which node hosts the rendezvous store, so that it does not depend on who binds the port first
+        cmd += [f"--nnodes={args.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}",
+                f"--rdzv-id={run_id}", f"--rdzv-conf=is_host={int(args.node_rank == 0)}"]  # fmt: skip
+    cmd += [f"--nproc-per-node={args.nproc}"]
+    if args.max_restarts:
+        cmd += [f"--max-restarts={args.max_restarts}"]
+    return cmd
+
+
+_VALUED = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id", "--max-restarts", "--run-dir",
+           "--resume", "--progress")  # fmt: skip
+
+
+def split_comm(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """``launch [OPTIONS] comm ARGS...`` -> (``launch [OPTIONS]``, ``ARGS``): ``deepseek comm`` under torchrun
+    instead of ``deepseek train``; None when the first positional after ``launch`` is not ``comm``."""
+    argv = list(argv)
+    if not argv or argv[0] != "launch":
+        return None
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in _VALUED else 1  # `--nproc 4` takes the next item; `--nproc=4` does not
+    return (argv[:i], argv[i + 1 :]) if i < len(argv) and argv[i] == "comm" else None
+
+
+def comm_command(args: argparse.Namespace, comm_argv: Sequence[str]) -> list[str]:
+    """The agent's command line for ``deepseek launch ... comm ARGS``: ``deepseek comm ARGS`` on every rank."""
+    if args.nnodes > 1 and not args.run_dir:
+        args.run_dir = "comm"  # no run directory is written; only check_launch_options asks for one
+    check_launch_options(args)
+    return [*agent_command(args, args.rdzv_id or "deepseek-comm"), "-m", "deepseek", "comm", *comm_argv]
+
+
 def torchrun_command(args: argparse.Namespace, config: str, overrides: Sequence[str], run_dir: str) -> list[str]:
     """The agent's command line: torchrun's arguments, then ``deepseek train`` with the run's arguments.
 
@@ -70,17 +110,7 @@ def torchrun_command(args: argparse.Namespace, config: str, overrides: Sequence[
     attempt runs with ``--resume auto``: the first starts fresh in a run directory without checkpoints,
     each restart continues from the newest one.
     """
-    cmd = [sys.executable, "-m", AGENT_MODULE]
-    if args.nnodes == 1 and args.rdzv_endpoint is None:
-        cmd += ["--standalone"]
-    else:
-        # c10d numbers the ranks itself (torchrun ignores --node-rank there): the node rank only says
-        # which node hosts the rendezvous store, so that it does not depend on who binds the port first
-        cmd += [f"--nnodes={args.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}",
-                f"--rdzv-id={args.rdzv_id or rdzv_id(run_dir)}", f"--rdzv-conf=is_host={int(args.node_rank == 0)}"]  # fmt: skip
-    cmd += [f"--nproc-per-node={args.nproc}"]
-    if args.max_restarts:
-        cmd += [f"--max-restarts={args.max_restarts}"]
+    cmd = agent_command(args, args.rdzv_id or rdzv_id(run_dir))
     cmd += ["-m", "deepseek", "train", config, *overrides, "--run-dir", run_dir]
     resume = "auto" if args.max_restarts else args.resume
     if resume:

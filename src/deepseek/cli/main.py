@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deepseek.cli import compress_cmd, export_cmd, launch_cmd, plan_cmd, serve_cmd, shard_cmd
+from deepseek.cli import comm_cmd, compress_cmd, export_cmd, launch_cmd, plan_cmd, serve_cmd, shard_cmd
 from deepseek.cli import run_dir as run_dirs
 from deepseek.cli.dispatch import run_command
 from deepseek.cli.errors import UsageError
@@ -247,6 +247,19 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(launcher))
 
 
+def cmd_launch_comm(args: argparse.Namespace, comm_argv: list[str]) -> int:
+    """``deepseek launch [OPTIONS] comm ARGS``: ``deepseek comm ARGS`` on every rank (no run directory)."""
+    import subprocess
+
+    from deepseek.cli.launch_cmd import comm_command
+    from deepseek.train.distributed import die_with_parent
+
+    cmd = comm_command(args, comm_argv)
+    print("launching: " + " ".join(cmd), flush=True)
+    launcher = os.getpid()
+    return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(launcher))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deepseek.cli.data_cmds import add_data_parser
     from deepseek.registry import REGISTRIES
@@ -300,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     compress_cmd.add_parser(sub)
     serve_cmd.add_parser(sub)
     plan_cmd.add_parser(sub)
-    p = sub.add_parser("launch", help="run `deepseek train` under torchrun: N ranks per node, one node or several")
+    comm_cmd.add_parser(sub)
+    p = sub.add_parser("launch", help="run `deepseek train` (or `deepseek comm ...`: `launch --nproc N comm bench`) "
+                       "under torchrun: N ranks per node, one node or several")  # fmt: skip
     launch_cmd.add_launch_options(p)
     train_like(p)
     p.set_defaults(fn=cmd_launch)
@@ -318,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
+    if (split := launch_cmd.split_comm(sys.argv[1:] if argv is None else argv)) is not None:
+        launch_argv, comm_argv = split
+        args = parser.parse_args(launch_argv)
+        args.fn = lambda a: cmd_launch_comm(a, comm_argv)
+        return run_command(args)
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options too (`eval CFG --checkpoint X optim.lr=1`); argparse stops at them.
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]

@@ -36,6 +36,10 @@ def model_parallel_problem(par: Any) -> str | None:
     if par.pp_split is not None and len(par.pp_split) != par.pp * stages:
         return (f"pp_split: {par.pp_split} has {len(par.pp_split)} stages; allowed: pp x pp_stages_per_rank = "
                 f"{par.pp * stages} entries")  # fmt: skip
+    if par.comm is not None and (par.zero_stage != 0 or par.tp != 1 or par.pp != 1 or par.ep != 1):
+        return (f"comm: a topology or compression applies to DDP's gradient all-reduce: it needs zero_stage 0, "
+                f"tp 1, pp 1 and ep 1 (got zero_stage {par.zero_stage}, tp {par.tp}, pp {par.pp}, ep {par.ep}); "
+                "under FSDP2, dp_replicate (nodes) x dp_shard (ranks per node) is the hierarchical reduction")
     if par.ep > 1:
         if par.tp != 1 or par.pp != 1:
             return f"ep: {par.ep} needs tp 1 and pp 1 (got tp: {par.tp}, pp: {par.pp}); expert parallel alone for now"

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from deepseek.config.comm import CommSection
 from deepseek.config.parallel_rules import model_parallel_problem
 from deepseek.config.streaming import StreamingSection
 
@@ -319,6 +320,12 @@ class ParallelSection(Strict):
         description="Build the model on the meta device, shard it, then give each rank memory for its shards only and "
         "run the model's own init on them (same distribution, not the same values as an eager build); needs "
         "zero_stage 2 or 3.",
+    )
+
+    comm: Optional[CommSection] = Field(
+        default=None,
+        description="How DDP all-reduces gradients (zero_stage 0): topology (ring, tree, hybrid), ranks per node, "
+        "compression (fp16, bf16, powersgd, with error feedback); null: DDP's own flat all-reduce.",
     )
 
     @field_validator("dp_shard")

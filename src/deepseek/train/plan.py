@@ -125,6 +125,11 @@ def strategy_spec(cfg: Config, world: int) -> Any:
                 "split": par.pp_split, "tp": deg.tp, "dp_replicate": deg.dp_replicate, "dp_shard": deg.dp_shard,
                 "zero_stage": deg.zero_stage, "reshard_after_forward": par.reshard_after_forward,
                 "sequence_parallel": par.sequence_parallel, **strategy.kwargs}  # fmt: skip
+    if deg.zero_stage == 0 and par.comm is not None and world > 1:  # DDP with the section's all-reduce hook
+        if strategy.name.lower() not in ("auto", "ddp"):
+            raise ConfigError([f"parallel.comm: sets DDP's all-reduce, but train.strategy is {strategy.name!r}; "
+                               "allowed: auto or ddp"])  # fmt: skip
+        return {"name": "ddp", **strategy.kwargs, "comm": par.comm.model_dump()}
     if deg.zero_stage == 0 or (world == 1 and strategy.name.lower() == "auto" and not cfg.parallel.meta_init):
         return strategy  # auto: DDP on several ranks, the model as it is on one; or the named ddp/single_device
     fsdp = dict(zero_stage=deg.zero_stage, dp_replicate=deg.dp_replicate, dp_shard=deg.dp_shard,

@@ -30,6 +30,8 @@ def step_values(trainer: Any, now: float) -> dict[str, float]:
         values["skipped_steps"] = float(trainer._step.skipped_steps)
     if hasattr(trainer.policy, "metrics"):
         values.update(trainer.policy.metrics())
+    if hasattr(trainer.strategy, "comm_metrics"):  # DDP: gradient communication per step and its share
+        values.update(trainer.strategy.comm_metrics(len(trainer._losses), now - trainer._t_log))
     return values
 
 

@@ -40,6 +40,14 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from deepseek.registry import RegistryError, register_strategy, strategies
+from deepseek.train.comm import (
+    check_comm_spec,
+    comm_has_state,
+    comm_values,
+    gather_comm_state,
+    install_comm_hook,
+    load_comm_state,
+)
 from deepseek.train.distributed import DistInfo
 
 AUTO = "auto"
@@ -102,13 +110,20 @@ class DDP(SingleDevice):
 
     ``kwargs`` go to DDP as they are (``find_unused_parameters``, ``gradient_as_bucket_view``,
     ``static_graph``, ``bucket_cap_mb``, ...). On CUDA each rank's module sits on its own device.
+    ``comm`` (``parallel.comm``'s keys: topology, ring_size, tree_depth, compression, ...) sets how gradients
+    are all-reduced (:mod:`deepseek.train.comm`); without it, DDP's flat all-reduce, timed for ``comm/*``;
+    ``comm: false`` installs nothing (DDP's own all-reduce, no ``comm/*``: room for a hook of one's own).
+    With compression the hook's state is per rank, so every rank takes part in each checkpoint
+    (``collective_state_dict``) and its state is saved with it.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, comm: Mapping[str, Any] | bool | None = None, **kwargs: Any) -> None:
         allowed = [k for k in inspect.signature(DistributedDataParallel).parameters if k not in _SET_BY_DDP_STRATEGY]
         if unknown := sorted(set(kwargs) - set(allowed)):  # found now, not on every rank at launch
-            raise ValueError(f"train.strategy: ddp has no argument {unknown[0]!r}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"train.strategy: ddp has no argument {unknown[0]!r}; allowed: comm, {', '.join(allowed)}")
         self.kwargs = kwargs
+        self.comm, self.comm_hook = check_comm_spec(comm), None
+        self.collective_state_dict = comm_has_state(self.comm)
 
     def setup(self, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
         if not (torch_dist.is_available() and torch_dist.is_initialized()):
@@ -117,7 +132,21 @@ class DDP(SingleDevice):
                 "or use 'auto' to train on one process"
             )
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, **self.kwargs)
+        ddp = DistributedDataParallel(model, device_ids=ids, **self.kwargs)
+        self.comm_hook = install_comm_hook(ddp, self.comm)
+        return ddp
+
+    def comm_state_dict(self) -> list[Any] | None:
+        """Every rank's all-reduce hook state (a collective when the hook compresses; else None)."""
+        return gather_comm_state(self.comm_hook) if self.collective_state_dict else None
+
+    def load_comm_state_dict(self, states: list[Any] | None, dist: DistInfo) -> None:
+        compression = self.comm.get("compression", "none") if isinstance(self.comm, Mapping) else "none"
+        load_comm_state(self.comm_hook, states, dist, compression)
+
+    def comm_metrics(self, steps: int, wall_s: float) -> dict[str, float]:
+        """``comm/seconds``, ``comm/share``, ``comm/bytes`` over the last ``steps`` optimizer steps."""
+        return comm_values(self.comm_hook, steps, wall_s)
 
     def no_sync(self, train_model: nn.Module) -> AbstractContextManager[Any]:
         """DDP's own ``no_sync``: gradients accumulate locally until the window's last micro-step."""

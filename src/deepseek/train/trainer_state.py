@@ -91,6 +91,9 @@ class TrainerState:
         if gathers_state(self.strategy):  # collectives: every rank gathers, in this order; the main rank writes
             weights = weights.snapshot()
         state = self.state_dict()
+        if hasattr(self.strategy, "comm_state_dict") and (comm := self.strategy.comm_state_dict()) is not None:
+            state["comm_ranks"] = comm  # a collective: each rank's compression state
+            state["rng_ranks"] = rank_rng_states(state)  # every rank is here: each one's RNG too
         if not self.dist.is_main:
             self._last_ckpt_step, self._t_ckpt = self.global_step, time.monotonic()
             return None
@@ -187,6 +190,8 @@ class TrainerState:
         saved_world, world = state.get("world_size", self.dist.world_size), self.dist.world_size
         ranks = state.get("rng_ranks")
         rng.set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == world else state["rng"])
+        if hasattr(self.strategy, "load_comm_state_dict"):
+            self.strategy.load_comm_state_dict(state.get("comm_ranks"), self.dist)
         streaming = isinstance(self._data_state, dict) and self._data_state.get("format") == "streaming"
         # A streaming loader's order is global (rank-independent): its saved position resumes at any world size.
         if saved_world != world and not streaming:  # each rank's share of the epoch changes: the position is lost
