@@ -51,10 +51,17 @@ def test_bad_comm_settings_are_refused_with_one_line(capsys, override):
     assert key in lines[0] and value in lines[0] and allowed in lines[0], lines[0]
 
 
-def test_comm_under_fsdp_points_to_hsdp(capsys):
-    assert main(["config", "validate", QUICKSTART, "parallel.comm.topology=hybrid", "parallel.zero_stage=2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "zero_stage 0" in err and "dp_replicate" in err and len(err.splitlines()) == 1, err
+def test_comm_under_fsdp_is_a_hierarchical_reduce_scatter_or_refused(capsys):
+    cfg = load_config(QUICKSTART, ["parallel.comm.topology=hybrid", "parallel.comm.ring_size=2", "parallel.zero_stage=2"])
+    spec = strategy_spec(cfg, world=4)
+    assert spec["name"] == "fsdp" and spec["comm"]["topology"] == "hybrid" and spec["comm"]["ring_size"] == 2
+    for refused in (["parallel.comm.compression=bf16"], ["parallel.comm.topology=tree"], ["parallel.dp_replicate=2"]):
+        assert main(["config", "validate", QUICKSTART, "parallel.comm.topology=hybrid", "parallel.zero_stage=3",
+                     *refused]) == 2  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert "allowed under FSDP2: topology ring or hybrid" in err and len(err.splitlines()) == 1, err
+    assert main(["config", "validate", QUICKSTART, "parallel.comm.topology=hybrid", "parallel.zero_stage=1"]) == 2
+    assert "zero_stage 0 (DDP) or 2/3 (FSDP2)" in capsys.readouterr().err
 
 
 def test_a_ddp_strategy_refuses_bad_comm_arguments():

@@ -77,12 +77,16 @@ CASES = {  # name: (world, strategy kwargs, accumulate_grad_batches, grad_clip_n
     "zero2": (2, {"zero_stage": 2}, 1, None, None),
     "zero1-accum-clip": (2, {"zero_stage": 1}, 2, 0.05, None),
     "hsdp-2x2": (4, {"zero_stage": 3, "dp_replicate": 2}, 1, None, None),
+    # parallel.comm: FSDP2's reduce-scatter in two levels, 4 ranks standing for 2 nodes of 2 (issue 18)
+    "zero3-hierarchical-reduce-scatter-2x2": (4, {"zero_stage": 3, "comm": {"topology": "hybrid", "ring_size": 2}},
+                                              2, None, None),
 }
 LAYOUT = {  # what each case trains with: the optimizer's class and the parameters' DeviceMesh shape
     "zero3-accum-clip-resume": {"optimizer": "AdamW", "mesh": (2,)},
     "zero2": {"optimizer": "AdamW", "mesh": (2,)},
     "zero1-accum-clip": {"optimizer": "ZeroRedundancyOptimizer", "mesh": None},
     "hsdp-2x2": {"optimizer": "AdamW", "mesh": (2, 2)},
+    "zero3-hierarchical-reduce-scatter-2x2": {"optimizer": "AdamW", "mesh": (4,)},
 }
 
 

@@ -36,10 +36,16 @@ def model_parallel_problem(par: Any) -> str | None:
     if par.pp_split is not None and len(par.pp_split) != par.pp * stages:
         return (f"pp_split: {par.pp_split} has {len(par.pp_split)} stages; allowed: pp x pp_stages_per_rank = "
                 f"{par.pp * stages} entries")  # fmt: skip
-    if par.comm is not None and (par.zero_stage != 0 or par.tp != 1 or par.pp != 1 or par.ep != 1):
-        return (f"comm: a topology or compression applies to DDP's gradient all-reduce: it needs zero_stage 0, "
-                f"tp 1, pp 1 and ep 1 (got zero_stage {par.zero_stage}, tp {par.tp}, pp {par.pp}, ep {par.ep}); "
-                "under FSDP2, dp_replicate (nodes) x dp_shard (ranks per node) is the hierarchical reduction")
+    if par.comm is not None and (par.tp != 1 or par.pp != 1 or par.ep != 1 or par.zero_stage == 1):
+        return (f"comm: a topology or compression applies to the data-parallel gradient reduction: it needs tp 1, "
+                f"pp 1, ep 1 and zero_stage 0 (DDP) or 2/3 (FSDP2) (got zero_stage {par.zero_stage}, tp {par.tp}, "
+                f"pp {par.pp}, ep {par.ep})")  # fmt: skip
+    if par.comm is not None and par.zero_stage >= 2 and (par.comm.topology == "tree" or par.comm.compression != "none"
+                                                          or par.dp_replicate != 1):  # fmt: skip
+        return (f"comm: topology {par.comm.topology}, compression {par.comm.compression} with zero_stage "
+                f"{par.zero_stage}, dp_replicate {par.dp_replicate}; allowed under FSDP2: topology ring or hybrid (a "
+                "hierarchical reduce-scatter), compression none, dp_replicate 1 (HSDP is already hierarchical: "
+                "dp_replicate nodes x dp_shard ranks per node)")
     if par.ep > 1:
         if par.tp != 1 or par.pp != 1:
             return f"ep: {par.ep} needs tp 1 and pp 1 (got tp: {par.tp}, pp: {par.pp}); expert parallel alone for now"

@@ -25,7 +25,10 @@ How each setting maps onto torch (as torchtitan documents its own):
 ``dp_shard: -1`` takes the rest of the world (``world // (dp_replicate x tp)``). Which modules are sharded
 separately: the children of the model's largest ``nn.ModuleList`` (a transformer's blocks, e.g. gpt2's
 ``blocks``; every ModuleList of that length when several are), then the root, which holds the rest
-(embeddings, final norm, a tied head). ``param_dtype`` / ``reduce_dtype`` (``bf16``, ``fp16``, ``fp32``)
+(embeddings, final norm, a tied head). ``comm: {topology: hybrid, ring_size: g}`` (``parallel.comm``, ZeRO-2/3
+on a 1-D data mesh) replaces FSDP2's gradient reduce-scatter with a two-level one (inside each node of ``g``
+ranks, then across nodes: :mod:`deepseek.distributed.fsdp_comm`), timed for the ``comm/*`` metrics.
+``param_dtype`` / ``reduce_dtype`` (``bf16``, ``fp16``, ``fp32``)
 build a ``MixedPrecisionPolicy``; ``cpu_offload`` a ``CPUOffloadPolicy`` (parameters, gradients and
 optimizer state live on the CPU). ``meta_init`` (ZeRO-2/3): the model was built on the meta device
 (:mod:`deepseek.train.meta_init`); setup gives each rank memory for its shards and replays the model's init.
@@ -50,6 +53,7 @@ import torch.distributed as torch_dist
 import torch.nn as nn
 
 from deepseek.registry import register_strategy
+from deepseek.train.comm import check_comm_spec
 from deepseek.train.distributed import DistInfo, init_one_rank_group
 from deepseek.train.meta_init import initialise_shards, is_on_meta, parameter_names
 from deepseek.train.strategy import DDP
@@ -98,6 +102,7 @@ class FSDP(DDP):
         tp: int = 1,
         sequence_parallel: bool = False,
         loss_parallel: bool = False,
+        comm: dict[str, Any] | None = None,
     ) -> None:
         def bad(key: str, value: Any, allowed: str) -> ValueError:
             return ValueError(f"train.strategy: fsdp {key}: {value!r} is not allowed; {allowed}")
@@ -127,6 +132,11 @@ class FSDP(DDP):
             raise ValueError("train.strategy: fsdp zero_stage 1 shards only optimizer state over the whole world; "
                              "dp_replicate, cpu_offload, param_dtype and reduce_dtype need zero_stage 2 or 3")  # fmt: skip
         super().__init__()
+        self.comm = check_comm_spec(comm)
+        if self.comm and (self.comm["topology"] == "tree" or self.comm["compression"] != "none" or zero_stage == 1
+                          or dp_replicate != 1 or tp != 1):  # fmt: skip
+            raise bad("comm", comm, "under fsdp, topology ring or hybrid (a hierarchical reduce-scatter) with "
+                      "compression none, zero_stage 2 or 3, dp_replicate 1 and tp 1")  # fmt: skip
         self.zero_stage, self.dp_replicate, self.dp_shard = zero_stage, dp_replicate, dp_shard
         self.reshard_after_forward = zero_stage == 3
         self.cpu_offload, self.param_dtype, self.reduce_dtype = cpu_offload, param_dtype, reduce_dtype
@@ -193,6 +203,12 @@ class FSDP(DDP):
         for block in block_modules(model):
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
+        if self.comm and self.comm["topology"] == "hybrid":  # a collective: every rank builds the node groups
+            from deepseek.distributed.fsdp_comm import install_hierarchical_reduce_scatter
+            from deepseek.distributed.topology import Topology
+
+            topology = Topology("hybrid", ring_size=self.comm["ring_size"], tree_depth=self.comm["tree_depth"])
+            self.comm_hook = install_hierarchical_reduce_scatter(model, topology)  # timed: comm/* metrics
         if on_meta is not None:  # memory for this rank's shards only, then the model's own init on them
             buffers = {name: b.detach().clone() for name, b in model.named_buffers()}  # real: to_empty drops them
             model.to_empty(device=device)

@@ -138,6 +138,8 @@ def strategy_spec(cfg: Config, world: int) -> Any:
         fsdp["meta_init"] = True
     if deg.tp > 1:  # fsdp on the data dimension, the model's tensor-parallel plan on the tp one
         fsdp |= {"tp": deg.tp, "sequence_parallel": par.sequence_parallel, "loss_parallel": par.loss_parallel}
+    if par.comm is not None:  # a hierarchical reduce-scatter (the config's rules allow hybrid or ring here)
+        fsdp["comm"] = par.comm.model_dump()
     return {"name": "fsdp", **fsdp, **strategy.kwargs}
 
 

@@ -117,13 +117,16 @@ class DDP(SingleDevice):
     (``collective_state_dict``) and its state is saved with it.
     """
 
+    collective_state_dict = False  # True on an instance whose hook keeps per-rank state (see __init__)
+
     def __init__(self, comm: Mapping[str, Any] | bool | None = None, **kwargs: Any) -> None:
         allowed = [k for k in inspect.signature(DistributedDataParallel).parameters if k not in _SET_BY_DDP_STRATEGY]
         if unknown := sorted(set(kwargs) - set(allowed)):  # found now, not on every rank at launch
             raise ValueError(f"train.strategy: ddp has no argument {unknown[0]!r}; allowed: comm, {', '.join(allowed)}")
         self.kwargs = kwargs
         self.comm, self.comm_hook = check_comm_spec(comm), None
-        self.collective_state_dict = comm_has_state(self.comm)
+        if comm_has_state(self.comm):  # per-rank compression state: every rank joins each checkpoint
+            self.collective_state_dict = True
 
     def setup(self, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
         if not (torch_dist.is_available() and torch_dist.is_initialized()):
@@ -138,7 +141,7 @@ class DDP(SingleDevice):
 
     def comm_state_dict(self) -> list[Any] | None:
         """Every rank's all-reduce hook state (a collective when the hook compresses; else None)."""
-        return gather_comm_state(self.comm_hook) if self.collective_state_dict else None
+        return gather_comm_state(self.comm_hook) if comm_has_state(self.comm) else None
 
     def load_comm_state_dict(self, states: list[Any] | None, dist: DistInfo) -> None:
         compression = self.comm.get("compression", "none") if isinstance(self.comm, Mapping) else "none"
