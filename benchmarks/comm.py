@@ -65,7 +65,7 @@ def fit_rows(rows: list[dict]) -> LinkFit:
 
 def describe(name: str, fit: LinkFit) -> str:
     link = fit.link
-    gamma = f"{1 / link.gamma / 1e9:.3f} GB/s" if link.gamma > 0 else "0"
+    gamma = f"{1 / link.gamma / 1e9:.3f} GB/s" if link.gamma > 0 else "inf"
     if not fit.gamma_identified:
         gamma = "n/a (not separable from beta)" if set(fit.ops) & set(REDUCING_OPS) else "n/a (no reduction)"
     return (f"{name}: alpha {link.alpha * 1e6:.2f} us, 1/beta {1 / link.beta / 1e9 if link.beta else float('inf'):.3f} "

@@ -159,7 +159,7 @@ def bench_report(rows: list[Any], backend: str) -> dict[str, Any]:
 
 def _describe(name: str, fit: dict[str, Any]) -> str:
     beta = f"{fit['beta_gbps']:.3f} GB/s" if fit["beta_gbps"] else "inf"
-    gamma = (f"{1 / fit['gamma'] / 1e9:.3f} GB/s" if fit["gamma"] > 0 else "0") if fit["gamma_identified"] else "n/a"
+    gamma = (f"{1 / fit['gamma'] / 1e9:.3f} GB/s" if fit["gamma"] > 0 else "inf") if fit["gamma_identified"] else "n/a"
     worst = fit["max_rel_error_above_64k"]
     worst_text = f"{worst:.1%}" if worst is not None else "n/a"
     return (f"  {name:<16} alpha {fit['alpha'] * 1e6:9.2f} us   1/beta {beta:>13}   1/gamma {gamma:>13}   "
