@@ -82,11 +82,12 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: dict)
 
 def accounting_cost(calls: int = 20000) -> float:
     """Seconds per bucket of what the hook adds around the all-reduce: two clock reads, a lock, the byte sums."""
+    from deepseek.distributed.counts import CommCounts
     from deepseek.distributed.hooks import CommHook
 
     hook = CommHook.__new__(CommHook)  # the accounting alone, no process group needed
     hook._lock, hook._intervals, hook._folded_s, hook._reach = threading.Lock(), [], 0.0, float("-inf")
-    hook._bytes = hook._bytes_plain = hook._inter = hook._inter_plain = hook._calls = 0
+    hook._counts = CommCounts()
     sent = {"intra": 1000, "inter": 0}
 
     class Done:

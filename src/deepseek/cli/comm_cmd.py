@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,8 +91,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _start_ranks(args: argparse.Namespace) -> int:
     """This command on ``--nproc`` local ranks under the torchrun agent of ``deepseek launch``."""
-    from deepseek.cli.launch_cmd import AGENT_MODULE
-    from deepseek.train.distributed import die_with_parent
+    from deepseek.cli.launch_cmd import AGENT_MODULE, run_agent
 
     forwarded = ["--ops", args.ops, "--sizes", args.sizes, "--iters", str(args.iters), "--warmup", str(args.warmup),
                  "--budget-s", str(args.budget_s), "--backend", args.backend]  # fmt: skip
@@ -101,9 +99,7 @@ def _start_ranks(args: argparse.Namespace) -> int:
         forwarded += ["--json", str(Path(args.json).resolve())]
     cmd = [sys.executable, "-m", AGENT_MODULE, "--standalone", f"--nproc-per-node={args.nproc}",
            "-m", "deepseek", "comm", "bench", *forwarded]  # fmt: skip
-    launcher = os.getpid()
-    # the agent (and its ranks) die with this process: an interrupted benchmark leaves no orphans
-    return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(launcher))
+    return run_agent(cmd, announce=False)
 
 
 def _bench_rank(args: argparse.Namespace, ops: list[str], sizes: list[int]) -> int:

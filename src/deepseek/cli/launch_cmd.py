@@ -122,6 +122,20 @@ def torchrun_command(args: argparse.Namespace, config: str, overrides: Sequence[
     return cmd
 
 
+def run_agent(cmd: Sequence[str], announce: bool = True) -> int:
+    """Run the torchrun agent ``cmd`` (from :func:`torchrun_command`, :func:`comm_command`, ...) and return its exit
+    code; the agent dies with this process (and its ranks with it): a killed launch leaves no orphans."""
+    import os
+    import subprocess
+
+    from deepseek.train.distributed import die_with_parent
+
+    if announce:
+        print("launching: " + " ".join(cmd), flush=True)
+    launcher = os.getpid()
+    return subprocess.call(list(cmd), preexec_fn=lambda: die_with_parent(launcher))
+
+
 def describe_failure(rank: int, failure: Any) -> str:
     """One line for torchrun's first failed rank (a ``ProcessFailure``): which rank, and how it ended."""
     how = (f"was killed by signal {failure.signal_name()}" if failure.exitcode < 0

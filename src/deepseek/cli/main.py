@@ -218,7 +218,6 @@ def _count(model: str) -> str:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    import subprocess
 
     from deepseek.cli.launch_cmd import check_launch_options, torchrun_command
 
@@ -238,26 +237,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
             _check_run_dir(args, run_dir)
             if args.resume:
                 run_dirs.check_resume_config(run_dirs.resume_sources(Path(run_dir), args.resume), _resolved(cfg))
-    cmd = torchrun_command(args, path, overrides, run_dir)
-    print("launching: " + " ".join(cmd), flush=True)
-    from deepseek.train.distributed import die_with_parent
-
-    launcher = os.getpid()
-    # the torchrun agent dies with this process (and its ranks with it): a killed launch leaves no orphans
-    return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(launcher))
+    return launch_cmd.run_agent(torchrun_command(args, path, overrides, run_dir))
 
 
 def cmd_launch_comm(args: argparse.Namespace, comm_argv: list[str]) -> int:
     """``deepseek launch [OPTIONS] comm ARGS``: ``deepseek comm ARGS`` on every rank (no run directory)."""
-    import subprocess
-
-    from deepseek.cli.launch_cmd import comm_command
-    from deepseek.train.distributed import die_with_parent
-
-    cmd = comm_command(args, comm_argv)
-    print("launching: " + " ".join(cmd), flush=True)
-    launcher = os.getpid()
-    return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(launcher))
+    return launch_cmd.run_agent(launch_cmd.comm_command(args, comm_argv))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,7 @@ from torch.distributed.fsdp._fully_shard._fsdp_api import (
     ReduceScatter,  # set_custom_reduce_scatter's type: defined only here
 )
 
+from deepseek.distributed.counts import CommCounts
 from deepseek.distributed.topology import Topology
 
 _PENDING_MAX = 1024  # CUDA (start, end) event pairs kept before the oldest half is resolved (synchronises)
@@ -80,7 +81,7 @@ class HierarchicalReduceScatter(ReduceScatter):
         self._checked: set[int] = set()  # ids of groups already checked against the topology
         self._pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self._seconds = 0.0
-        self._bytes = self._plain = self._inter = self._inter_plain = self._calls = 0
+        self._counts = CommCounts()
 
     # ---- torch's ReduceScatter interface -----------------------------------------------------------------------
     def allocate(self, size: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -147,11 +148,7 @@ class HierarchicalReduceScatter(ReduceScatter):
 
     def _count(self, nbytes: int) -> None:
         sent = self.bytes_sent(nbytes)
-        self._bytes += sent["intra"] + sent["inter"]
-        self._inter += sent["inter"]
-        self._plain += sent["flat"]
-        self._inter_plain += sent["flat_inter"]
-        self._calls += 1
+        self._counts.add(sent, {"intra": sent["flat"] - sent["flat_inter"], "inter": sent["flat_inter"]})
 
     def _resolve(self, count: int) -> None:
         for start, end in self._pending[:count]:
@@ -163,11 +160,8 @@ class HierarchicalReduceScatter(ReduceScatter):
         """Totals since the last pop, then reset: ``seconds``, ``bytes``, ``bytes_uncompressed``, ``bytes_inter``,
         ``bytes_inter_uncompressed``, ``calls``. On CUDA this waits for the timed calls to finish."""
         self._resolve(len(self._pending))
-        out = {"seconds": self._seconds, "bytes": self._bytes, "bytes_uncompressed": self._plain,
-               "bytes_inter": self._inter, "bytes_inter_uncompressed": self._inter_plain, "calls": self._calls}  # fmt: skip
-        self._seconds = 0.0
-        self._bytes = self._plain = self._inter = self._inter_plain = self._calls = 0
-        return out
+        seconds, self._seconds = self._seconds, 0.0
+        return self._counts.pop(seconds)
 
     def _check_group(self, group: dist.ProcessGroup) -> None:
         if id(group) in self._checked:

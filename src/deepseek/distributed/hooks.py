@@ -52,6 +52,7 @@ from deepseek.distributed.compression import (
     rng_state,
     set_rng_state,
 )
+from deepseek.distributed.counts import CommCounts
 from deepseek.distributed.topology import Topology
 
 COMPRESSIONS = ("none", "fp16", "bf16", "powersgd")
@@ -101,7 +102,7 @@ class CommHook:
         self._lock = threading.Lock()
         self._intervals: list[tuple[float, float]] = []
         self._folded_s, self._reach = 0.0, float("-inf")  # union length so far and its end (see _fold)
-        self._bytes = self._bytes_plain = self._inter = self._inter_plain = self._calls = 0
+        self._counts = CommCounts()
 
     # ---- installation and the hook -------------------------------------------------------------------------
     def install(self, ddp_module: torch.nn.parallel.DistributedDataParallel) -> CommHook:
@@ -129,11 +130,7 @@ class CommHook:
             self._intervals.append((start, end))
             if len(self._intervals) > _FOLD_AT:  # a rank that never pops (not the main one) stays bounded
                 self._fold(keep=_FOLD_AT // 2)
-            self._bytes += sent["intra"] + sent["inter"]
-            self._bytes_plain += plain["intra"] + plain["inter"]
-            self._inter += sent["inter"]
-            self._inter_plain += plain["inter"]
-            self._calls += 1
+            self._counts.add(sent, plain)
         return fut.value()
 
     def _plain(self, buf: torch.Tensor) -> torch.futures.Future:
@@ -225,11 +222,8 @@ class CommHook:
         the last pop (see the module docstring; ``bytes_inter``: the part sent to another node)."""
         with self._lock:
             self._fold(keep=0)
-            out = {"seconds": self._folded_s, "bytes": self._bytes, "bytes_uncompressed": self._bytes_plain,
-                   "bytes_inter": self._inter, "bytes_inter_uncompressed": self._inter_plain, "calls": self._calls}
-            self._bytes = self._bytes_plain = self._inter = self._inter_plain = self._calls = 0
-            self._folded_s = 0.0
-        return out
+            seconds, self._folded_s = self._folded_s, 0.0
+            return self._counts.pop(seconds)
 
     def _fold(self, keep: int) -> None:
         """Add the length of the union of all but the newest ``keep`` intervals to ``_folded_s`` and drop them
