@@ -106,7 +106,8 @@ class LogSink(Protocol):
     **values}`` with ``train/loss``, ``lr``, ``samples_per_s``... on training records and ``val/<name>``
     on validation records. ``summary(summary)``: once, at the end, the dict ``fit()`` returns (as in
     ``summary.json``). ``close()``: release files; called once when ``fit()`` ends, also after an error.
-    Only the main rank logs."""
+    Optional: ``log_stats(record, step)`` receives ``logging.stats`` records (one per rank and recording step,
+    as in ``stats.jsonl``; see ``deepseek.train.stats``); sinks without it are skipped. Only the main rank logs."""
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None: ...
     def summary(self, summary: Mapping[str, Any]) -> None: ...

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deepseek.cli import comm_cmd, compress_cmd, export_cmd, launch_cmd, plan_cmd, serve_cmd, shard_cmd
+from deepseek.cli import comm_cmd, compress_cmd, export_cmd, launch_cmd, plan_cmd, profile_cmd, serve_cmd, shard_cmd
 from deepseek.cli import run_dir as run_dirs
 from deepseek.cli.dispatch import run_command
 from deepseek.cli.errors import UsageError
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_parser(sub)
     plan_cmd.add_parser(sub)
     comm_cmd.add_parser(sub)
+    profile_cmd.add_parser(sub)
     p = sub.add_parser("launch", help="run `deepseek train` (or `deepseek comm ...`: `launch --nproc N comm bench`) "
                        "under torchrun: N ranks per node, one node or several")  # fmt: skip
     launch_cmd.add_launch_options(p)

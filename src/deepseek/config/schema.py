@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from deepseek.config.comm import CommSection
+from deepseek.config.observe import ProfileSection, StatsSection
 from deepseek.config.parallel_rules import model_parallel_problem
 from deepseek.config.streaming import StreamingSection
 
@@ -227,6 +228,11 @@ class TrainSection(Strict):
         description="How the model is distributed: auto (ddp on several ranks, else single_device), ddp, "
         "single_device, or a class by import path; other keys are its arguments (e.g. ddp's find_unused_parameters).",
     )
+    profile: Optional[ProfileSection] = Field(
+        default=None,
+        description="Profile a window of this run with torch.profiler (trace, flame graphs, FLOPs, MFU, the step's "
+        "split, summary.json); null: not profiled.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -397,6 +403,11 @@ class LoggingSection(Strict):
         default="auto",
         description="Console output: bar (a progress bar), plain (log lines), off (nothing), or auto (bar on a "
         "terminal, else plain); `--progress` overrides it.",
+    )
+    stats: Optional[StatsSection] = Field(
+        default=None,
+        description="Per-layer gradient norms and histograms of gradients and activations, recorded every few "
+        "steps into stats.jsonl and TensorBoard (`deepseek-viz` shows them); null: none.",
     )
     sinks: Optional[list[Component]] = Field(
         default=None,

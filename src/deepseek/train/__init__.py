@@ -7,6 +7,7 @@ from deepseek.train.checkpoint import CheckpointError, CheckpointManager
 from deepseek.train.isolation import isolated_run
 from deepseek.train.metrics import Accuracy
 from deepseek.train.rng import seed_everything
+from deepseek.train.stats import StatsRecorder
 from deepseek.train.trainer import Trainer
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "EarlyStopping",
+    "StatsRecorder",
     "Trainer",
     "isolated_run",
     "resolve_precision",

@@ -192,7 +192,7 @@ def assemble(
         val_every_epochs=t.val_every_epochs,
         early_stopping=early,
         metrics=[reg.metrics.build(m.name, **m.kwargs) for m in t.metrics],
-        callbacks=[reg.callbacks.build(c.name, **c.kwargs) for c in cfg.callbacks],
+        callbacks=[reg.callbacks.build(c.name, **c.kwargs) for c in cfg.callbacks] + _observers(cfg, run_dir),
         device=device,
         run_dir=run_dir,
         checkpoint_every_steps=cfg.checkpoint.every_steps,
@@ -212,6 +212,20 @@ def assemble(
     )
     save_to = Path(run_dir) if run_dir is not None and dist.is_main and save_config else None
     return Assembled(cfg, model, train_loader, val_loader, splits, kwargs, save_to)
+
+
+def _observers(cfg: Config, run_dir: str | Path | None) -> list[Any]:
+    """The callbacks of ``logging.stats`` (a StatsRecorder) and ``train.profile`` (a ProfilerCallback)."""
+    observers: list[Any] = []
+    if cfg.logging.stats is not None:
+        from deepseek.train.stats import StatsRecorder
+
+        observers.append(StatsRecorder(**cfg.logging.stats.model_dump()))
+    if cfg.train.profile is not None:
+        from deepseek.profiler import ProfilerCallback
+
+        observers.append(ProfilerCallback(**cfg.train.profile.model_dump()))
+    return observers
 
 
 def _strategy(cfg: Config, dist: DistInfo) -> Any:

@@ -5,7 +5,7 @@ bar or plain log lines. Only rank 0 logs. Each JSONL record is written with one 
 flushed, so a killed run leaves at most one partial last line, which a resumed run closes before
 appending (readers skip lines that do not parse). On resume a ``{"event": "resume", "step": N}`` record
 marks that records after step N from before it are superseded, and TensorBoard drops them itself
-(``purge_step``).
+(``purge_step``). ``logging.stats`` records go to ``stats.jsonl`` the same way (:meth:`RunLogger.log_stats`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,14 @@ class RunLogger:
     def log_validation(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
         """One validation record: ``metrics`` has ``val/loss`` and ``val/<metric>``."""
         self.log_step(step, epoch, metrics)
+
+    def log_stats(self, record: dict[str, Any], step: int) -> None:
+        """One rank's ``logging.stats`` record (see :mod:`deepseek.train.stats`) to every sink that has
+        ``log_stats`` (an optional method: the others are skipped)."""
+        for sink in self.sinks:
+            log_stats = getattr(sink, "log_stats", None)
+            if callable(log_stats):
+                log_stats(record, step)
 
     def message(self, text: str) -> None:
         if self.console is not None:

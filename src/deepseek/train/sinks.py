@@ -10,6 +10,11 @@ Each record a sink receives is ``{"epoch": int, **values}``: training records ho
 arguments plus whichever of :data:`CONTEXT` it declares (``run_dir``, ``resume_step``, ``total_steps``,
 ``progress``, ``stream``); a sink that writes into the run directory (``needs_run_dir = True``) is skipped
 when the run has none.
+
+A sink may also have ``log_stats(record, step)`` (optional, duck-typed: sinks without it are skipped): one
+record of gradient/activation statistics per rank at a ``logging.stats`` recording step (the format of
+``stats.jsonl``, see :mod:`deepseek.train.stats`). ``jsonl`` writes them to ``stats.jsonl``, ``tensorboard``
+as histograms (``grad/<module>``, ``act/<module>``) and scalars (``grad_norm/<param>``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from rich.table import Table
 from deepseek.protocols import LogSink
 from deepseek.registry import RegistryError, register_sink
 from deepseek.registry import sinks as sink_registry
+from deepseek.train.stats_hist import bin_values
 
 # What the framework passes to a sink's builder when its signature asks for it.
 CONTEXT = ("run_dir", "resume_step", "total_steps", "progress", "stream")
@@ -81,26 +87,40 @@ def _split(metrics: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     return int(values.pop("epoch", 0)), values
 
 
+STATS_FILE = "stats.jsonl"
+
+
 @register_sink("jsonl")
 class JsonlSink:
-    """One JSON line per record in ``run_dir/metrics.jsonl``: ``{"step": N, "epoch": E, **values}``."""
+    """One JSON line per record in ``run_dir/metrics.jsonl``: ``{"step": N, "epoch": E, **values}``; statistics
+    records in ``run_dir/stats.jsonl`` (``{"step": N, **record}``, opened at the first one, resumes marked alike)."""
 
     needs_run_dir = True
 
     def __init__(self, run_dir: Path, resume_step: int | None = None, filename: str = "metrics.jsonl") -> None:
-        self.writer: JsonlWriter | None = JsonlWriter(Path(run_dir) / filename, resume_step)
+        self.run_dir, self.resume_step = Path(run_dir), resume_step
+        self.writer: JsonlWriter | None = JsonlWriter(self.run_dir / filename, resume_step)
+        self.stats_writer: JsonlWriter | None = None
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         if self.writer is not None:
             self.writer.write({"step": step, **metrics})
 
+    def log_stats(self, record: Mapping[str, Any], step: int) -> None:
+        if self.writer is None:  # closed
+            return
+        if self.stats_writer is None:
+            self.stats_writer = JsonlWriter(self.run_dir / STATS_FILE, self.resume_step)
+        self.stats_writer.write({"step": step, **record})
+
     def summary(self, summary: Mapping[str, Any]) -> None:
         """Nothing: the Trainer writes ``summary.json`` itself."""
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        for writer in (self.writer, self.stats_writer):
+            if writer is not None:
+                writer.close()
+        self.writer = self.stats_writer = None
 
 
 @register_sink("tensorboard", aliases=("tb",))
@@ -120,6 +140,39 @@ class TensorBoardSink:
         for k, v in metrics.items():
             if k != "epoch":  # the epoch is the record's position, not a curve
                 self.writer.add_scalar(k, v, step)
+
+    def log_stats(self, record: Mapping[str, Any], step: int) -> None:
+        """Histograms ``grad/<module>`` and ``act/<module>`` and scalars ``grad_norm/<param>`` and
+        ``grad_norm_total`` (the root module is ``(root)``; ``/rank<r>`` appended when there are several ranks).
+        TensorBoard's min, max, sum and sum of squares come from the bins, so they are approximate."""
+        if self.writer is None:
+            return
+        suffix = f"/rank{record['rank']}" if record.get("world_size", 1) > 1 else ""
+        edges = list(record["edges"])
+        values = bin_values(edges)
+        for kind, key in (("grad", "grad_hist"), ("act", "act_hist")):
+            for module, counts in record.get(key, {}).items():
+                self._histogram(f"{kind}/{module or '(root)'}{suffix}", edges, values, counts, step)
+        for param, norm in record.get("grad_norm", {}).items():
+            self.writer.add_scalar(f"grad_norm/{param}{suffix}", norm, step)
+        if "grad_norm_total" in record:
+            self.writer.add_scalar(f"grad_norm_total{suffix}", record["grad_norm_total"], step)
+
+    def _histogram(self, tag: str, edges: list[float], values: list[float], counts: list[int], step: int) -> None:
+        used = [i for i, c in enumerate(counts) if c]
+        if not used:  # TensorBoard cannot show an empty histogram
+            return
+        self.writer.add_histogram_raw(
+            tag,
+            min=edges[used[0]],
+            max=edges[used[-1] + 1],
+            num=sum(counts),
+            sum=sum(c * v for c, v in zip(counts, values, strict=True)),
+            sum_squares=sum(c * v * v for c, v in zip(counts, values, strict=True)),
+            bucket_limits=edges[1:],
+            bucket_counts=list(counts),
+            global_step=step,
+        )
 
     def summary(self, summary: Mapping[str, Any]) -> None:
         """Nothing: the curves are the record."""
