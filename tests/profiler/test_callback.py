@@ -53,12 +53,13 @@ def _data(n: int) -> list:
     return [(torch.randn(4, 6, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(n)]
 
 
-def _fit(run_dir: Path, callbacks: list, data: list, resume: str | None = None, **kw) -> ds.Trainer:
+def _fit(run_dir: Path, callbacks: list, data: list, resume: str | None = None, val: list | None = None,
+         **kw) -> ds.Trainer:
     model = _model()
     args = dict(max_epochs=1, metrics=(), progress="off", tensorboard=False, checkpoint_every_minutes=None)
     trainer = ds.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), run_dir=run_dir, callbacks=callbacks,
                          **{**args, **kw})  # fmt: skip
-    trainer.fit(data, resume=resume)
+    trainer.fit(data, val, resume=resume)
     return trainer
 
 
@@ -80,6 +81,18 @@ def test_a_run_ending_inside_the_window_reports_the_recorded_steps_with_accumula
     assert summary["split_s"]["forward"] > 0 and summary["split_s"]["backward"] > 0
     assert {m["name"] for m in summary["modules"]} >= {"0", "3"}
     assert not (tmp_path / "run" / "profile").exists()
+
+
+def test_validation_inside_the_window_is_left_out_of_the_steps_phases_and_batch(tmp_path):
+    callback = ProfilerCallback(start_step=1, steps=2, warmup=1, print_table=False)
+    val = [(torch.randn(10, 6), torch.randint(0, 3, (10,))) for _ in range(3)]  # a batch size the steps do not have
+    _fit(tmp_path, [callback], _data(6), val=val, max_steps=5, val_every_steps=1, val_every_epochs=None,
+         save_best=False)  # a best checkpoint would end the window (torch.save under the stack profiler)
+    summary = callback.summary
+    assert summary["steps"] == 2 and summary["batch_size"] == 4
+    # one training micro-batch of 4: forward, the second Linear's two backward products, the first one's weight
+    # gradient only (its input needs no gradient); validation's batches of 10 would add more
+    assert summary["flops"]["per_step"] == 2 * 4 * (6 * 12 + 12 * 3) + 2 * (2 * 4 * 12 * 3) + 2 * 4 * 6 * 12
 
 
 def test_a_bad_train_profile_section_is_a_one_line_config_error(tmp_path, capsys):

@@ -2,15 +2,18 @@
 ``deepseek-viz`` server and a run the Trainer just wrote.
 
 The page starts on an empty log directory (it must say so), then runs appear while it is open: a real tiny run
-(with ``logging.stats`` when the stats recorder exists), a killed run (half-written last line), a run of the
-older format (``tests/fixtures/run_v1``), a profiler output directory and a broken profiler summary. The charts
-must hold every data point of the run, records appended later (a resume included) must show without a reload,
-and the console must stay free of errors. Screenshots go to ``tmp_path``, and to ``docs/images/viz_*.png`` with
-``DEEPSEEK_DOCS_SCREENSHOTS=1``.
+(with ``logging.stats`` when the stats recorder exists, and ``train.profile``: the real ProfilerCallback profiles
+two of its steps into ``<run>/profile``), a killed run (half-written last line), a run of the older format
+(``tests/fixtures/run_v1``) and a broken profiler summary. The charts must hold every data point of the run, the
+profile's tables the run's summary.json, records appended later (a resume included) must show without a reload,
+the profile's flame graphs must open from the page's links and render (their inline script zooms), and no page
+may log an error. Screenshots go to ``tmp_path``, and to ``docs/images/`` (``viz_*.png``,
+``profiler_flamegraph_*.png``) with ``DEEPSEEK_DOCS_SCREENSHOTS=1``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ import pytest
 
 from tests import process_tree
 from tests.conftest import write_yaml
-from tests.viz.fixtures import metrics_records, stats_record, write_jsonl, write_profile
+from tests.viz.fixtures import metrics_records, stats_record, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,22 +43,29 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
 
 
 def train_tiny_run(run_dir: Path, work: Path) -> None:
-    """A real 8-step run of the Trainer; ``logging.stats`` on when the stats recorder is there, else a stats.jsonl
-    written by its format."""
+    """A real 8-step run of the Trainer profiling steps 6-7 (``train.profile``: files in ``run_dir/profile``);
+    ``logging.stats`` on when the stats recorder is there, else a stats.jsonl written by its format.
+
+    Validation (steps 4 and 8) stays outside the profiled window and its warm-up step 5: the profiler takes a
+    validation forward inside the window for a training step (an extra step, its batch counted as a micro-batch).
+    ``python -m deepseek train`` runs in a process of its own, so the flame graph's Python stacks are a user's,
+    not pytest's.
+    """
     try:
         from deepseek.train.stats import StatsRecorder  # noqa: F401  (is the recorder there yet?)
 
         stats = {"stats": {"every_steps": 2, "activations": ["net.*"], "histogram_bins": 16}}
     except ImportError:
         stats = {}
-    from deepseek.cli.main import main
-
     cfg = {"model": {"name": "mlp", "in_features": 64, "num_classes": 10, "hidden": [8]},
            "data": {"name": "digits", "batch_size": 64},
-           "train": {"max_steps": 8, "val_every_steps": 2, "val_every_epochs": None, "seed": 0},
+           "train": {"max_steps": 8, "val_every_steps": 4, "val_every_epochs": None, "seed": 0,
+                     "profile": {"start_step": 5, "steps": 2}},
            "logging": {"progress": "off", "every_steps": 1, "tensorboard": False, **stats},
            "checkpoint": {"every_minutes": None, "save_best": False}}  # fmt: skip
-    assert main(["train", str(write_yaml(work / "tiny.yaml", cfg)), "--run-dir", str(run_dir)]) == 0
+    cmd = [sys.executable, "-m", "deepseek", "train", str(write_yaml(work / "tiny.yaml", cfg)), "--run-dir", str(run_dir)]
+    done = process_tree.run(cmd, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
     if not stats:
         write_jsonl(run_dir / "stats.jsonl", [stats_record(step) for step in (2, 4, 6, 8)])
 
@@ -112,7 +123,7 @@ def test_the_page_shows_a_real_run_updates_live_and_reports_bad_input(tmp_path: 
     logdir.mkdir()
     staging.mkdir()
     train_tiny_run(staging / "tiny", tmp_path)
-    write_profile(staging / "tiny" / "profile")
+    profile = json.loads((staging / "tiny" / "profile" / "summary.json").read_text())
     write_jsonl(staging / "killed" / "metrics.jsonl", metrics_records(3, loss0=3.0), tail='{"step": 4, "epoch": 0, "train/lo')
     shares = [{"comm/share": 0.1 * r["step"], "precision/low_share": 0.25} if "train/loss" in r else {}
               for r in metrics_records(4, loss0=1.5)]  # fmt: skip
@@ -128,7 +139,7 @@ def test_the_page_shows_a_real_run_updates_live_and_reports_bad_input(tmp_path: 
     def screenshot(target: Any, name: str, **kwargs: Any) -> None:  # a page or a locator (one element)
         for folder in shots:
             folder.mkdir(parents=True, exist_ok=True)
-            target.screenshot(path=str(folder / f"viz_{name}.png"), **kwargs)
+            target.screenshot(path=str(folder / f"{name}.png"), **kwargs)
 
     server, port = start_server(logdir)
     errors: list[str] = []
@@ -136,9 +147,10 @@ def test_the_page_shows_a_real_run_updates_live_and_reports_bad_input(tmp_path: 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})  # the flame graphs' tabs too
+                context.on("console", lambda m: console_error(m) and errors.append(f"console: {m.text} {m.location}"))
+                context.on("weberror", lambda e: errors.append(f"pageerror: {e.error}"))
+                page = context.new_page()
                 page.goto(f"http://127.0.0.1:{port}/")
 
                 def wait(js: str, what: str) -> Any:
@@ -152,7 +164,7 @@ def test_the_page_shows_a_real_run_updates_live_and_reports_bad_input(tmp_path: 
                 assert "no runs under" in wait("!document.getElementById('message').hidden && "
                                                "document.getElementById('message').textContent", "the empty-logdir message")  # fmt: skip
                 assert "no train/loss recorded" in page.inner_text("#loss") or "no run" in page.inner_text("#loss")
-                screenshot(page, "empty_logdir")
+                screenshot(page, "viz_empty_logdir")
 
                 for name in ("tiny", "killed", "old_v1", "two_ranks", "broken_profile"):  # runs appear while the page is open
                     (staging / name).rename(logdir / name)
@@ -208,15 +220,20 @@ def test_the_page_shows_a_real_run_updates_live_and_reports_bad_input(tmp_path: 
                 assert "two_ranks" not in json.dumps(page.evaluate("document.getElementById('loss').data.map(t => t.name)"))
                 page.check("#runs input[value='two_ranks']")
 
-                # the profiler summaries: a table with links, and the broken one's message
+                # the profiler summaries: the real run's tables and links, and the broken one's message
                 wait("document.getElementById('profiles').textContent.includes('data_wait')", "the profile table")
-                profiles = page.inner_text("#profiles")
-                assert "unreadable summary.json" in profiles and "raise the batch size" in profiles
-                href = page.get_attribute("#profiles a", "href")
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{href}", timeout=5) as answer:
-                    assert answer.read().startswith(b"<svg")
-                screenshot(page, "overview", full_page=True)
-                screenshot(page.locator("#profiles"), "profiles")
+                assert "unreadable summary.json" in page.inner_text("#profiles")
+                box = page.locator("#profiles .profile").filter(has=page.locator("h3", has_text="tiny/profile"))
+                check_profile_view(box, profile)
+                screenshot(page, "viz_overview", full_page=True)
+                screenshot(page.locator("#profiles"), "viz_profiles")
+                for view in ("module", "stack"):  # each flame graph opens from its link, in a tab of this browser
+                    with page.expect_popup() as opened:
+                        box.get_by_role("link", name=f"flamegraph_{view}", exact=True).click()
+                    stacks = logdir / "tiny" / "profile" / ("stacks_module.txt" if view == "module" else "stacks.txt")
+                    check_flamegraph(opened.value, stacks,
+                                     functools.partial(screenshot, opened.value, f"profiler_flamegraph_{view}"))
+                    opened.value.close()
 
                 # records appended while the page is open: a resume at step 4 (the run had 8), steps 5-6 again with new losses
                 appended = [{"event": "resume", "step": 4, "time": 0.0}] + [
@@ -238,6 +255,56 @@ def test_the_page_shows_a_real_run_updates_live_and_reports_bad_input(tmp_path: 
                 browser.close()
     finally:
         assert not process_tree.kill_tree(server), "the deepseek-viz server outlived the test"
+
+
+def console_error(message: Any) -> bool:
+    """An error the page logged; not the 404 of the favicon Chromium asks for when it opens a tab on an SVG file
+    (an SVG document cannot name an icon; the viz page's HTML names its own)."""
+    return message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico")
+
+
+def check_profile_view(box: Any, summary: dict[str, Any]) -> None:
+    """The page's view of a profiler summary shows its header, its step split, bottlenecks, modules and links."""
+    assert box.count() == 1
+    assert summary["mode"] == "train" and summary["steps"] == 2 and summary["batch_size"] == 64
+    assert all(summary["split_s"][phase] > 0 for phase in ("forward", "backward", "optimizer")), summary["split_s"]
+    header = box.locator("p").first.inner_text()
+    assert f"{summary['model']} (train) on " in header and "batch 64, 2 steps profiled" in header, header
+    split, bottlenecks, modules = box.locator("table").evaluate_all(
+        "ts => ts.map(t => [...t.rows].slice(1).map(r => [...r.cells].map(c => c.textContent)))")
+    assert [r[0] for r in split] == list(summary["split_s"])
+    for phase, seconds, share in split:  # 3 significant digits, a share in percent with one decimal
+        assert float(seconds) == pytest.approx(summary["split_s"][phase], rel=6e-3, abs=1e-12), phase
+        assert float(share.rstrip("%")) / 100 == pytest.approx(summary["split_share"][phase], abs=6e-4), phase
+    assert [r[0] for r in bottlenecks] == [b["what"] for b in summary["bottlenecks"]]
+    assert [r[2] for r in bottlenecks] == [b["advice"] for b in summary["bottlenecks"]]
+    assert modules and len(modules) == min(10, len(summary["modules"]))  # the 10 slowest
+    assert {r[0] for r in modules} <= {m["name"] for m in summary["modules"]}
+    assert set(box.locator("a").all_inner_texts()) == set(summary["files"])
+
+
+FRAMES_JS = ("[...document.querySelectorAll('g.f')]"
+             ".map(g => [g.dataset.n, +g.dataset.d, +g.querySelector('rect').getAttribute('width')])")
+
+
+def check_flamegraph(tab: Any, collapsed: Path, screenshot: Callable[[], None]) -> None:
+    """A flame graph SVG opened from the page: a frame for every frame name of its collapsed stacks (the same
+    profile; frames under 0.5 us are left out of that file), and clicking a frame zooms it to the full width."""
+    tab.wait_for_load_state()
+    assert tab.evaluate("document.documentElement.tagName") == "svg", tab.url
+    width, height = tab.evaluate("['width', 'height'].map(k => document.documentElement[k].baseVal.value)")
+    tab.set_viewport_size({"width": round(width), "height": round(height)})  # all of it: full_page hangs on an SVG
+    frames = tab.evaluate(FRAMES_JS)  # [name, depth, drawn width] per frame, the root "all" first
+    stacks = [line.rsplit(" ", 1)[0].split(";") for line in collapsed.read_text().splitlines()]
+    assert stacks and len(frames) > 1 and frames[0][:2] == ["all", 0]
+    assert {f for s in stacks for f in s} <= {name for name, _, _ in frames}
+    screenshot()  # before the zoom
+    full = frames[0][2]
+    narrower = [i for i, f in enumerate(frames) if f[2] < full - 1]
+    assert narrower, f"every frame is as wide as the root: nothing to zoom in {frames}"
+    widest = max(narrower, key=lambda i: frames[i][2])
+    tab.locator("g.f").nth(widest).locator("rect").click()
+    assert tab.evaluate(FRAMES_JS)[widest][2] == pytest.approx(full)  # the inline script ran and zoomed
 
 
 def metrics_v1_loss() -> float:

@@ -72,7 +72,7 @@ class ProfilerCallback:
 
     def on_step_start(self, trainer: Any) -> None:
         if self._prof is not None:
-            self._forwards = 0
+            self._forwards, self._in_step = 0, True
             self._phases.enter("forward")
 
     def on_before_optimizer_step(self, trainer: Any, optimizer: Any) -> None:
@@ -84,6 +84,7 @@ class ProfilerCallback:
             if self._armed and trainer.global_step == self.first:
                 self._start(trainer)
             return
+        self._in_step = False
         self._phases.close()
         self._prof.step()
         self._done += 1
@@ -126,14 +127,18 @@ class ProfilerCallback:
         self._phases = StepPhases(sync=device.type == "cuda", nvtx=nvtx)
         self._captured: tuple[Any, Any] | None = None
         self._forwards = self._max_forwards = self._done = 0
+        # Only the step's own forwards count: from on_step_start to the end of optimizer.step(); validation, run
+        # after it within the same step, is left out of the phases, the module ranges and the captured batch.
+        self._in_step = False
         self._ranges = ModuleRanges(trainer.model, root=trainer.train_model, nvtx=nvtx,
                                     on_root_start=lambda: self._phases.enter("forward"),
-                                    on_root_end=lambda: self._phases.enter("backward"))  # fmt: skip
+                                    on_root_end=lambda: self._phases.enter("backward"),
+                                    active=lambda: self._in_step)  # fmt: skip
         self._capture = trainer.train_model.register_forward_pre_hook(self._capture_batch, with_kwargs=True)
         # the optimizer phase ends with optimizer.step() (torch's step post-hook); the scheduler, EMA, logging and
         # validation that follow until on_step_end are "other"
         post_hook = getattr(trainer.optimizer, "register_step_post_hook", None)
-        self._step_hook = post_hook(lambda *_: self._phases.close()) if callable(post_hook) else None
+        self._step_hook = post_hook(lambda *_: self._optimizer_done()) if callable(post_hook) else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self._prof = make_profiler(device, wait=0, warmup=self.warmup, active=self.steps, on_ready=self._collector)
@@ -142,7 +147,13 @@ class ProfilerCallback:
             self._collector.start()
         self._phases.enter("data_wait")
 
+    def _optimizer_done(self) -> None:
+        self._in_step = False
+        self._phases.close()
+
     def _capture_batch(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if not self._in_step:  # validation's forwards
+            return
         self._captured = (args, kwargs)  # references only: the FLOP count re-runs this micro-batch on a copy
         self._forwards += 1
         self._max_forwards = max(self._max_forwards, self._forwards)

@@ -101,7 +101,9 @@ class ModuleRanges:
     """A ``module::<path>`` range around every call of every submodule of ``model`` (the root excluded: its
     time is the forward phase). ``on_root_start`` / ``on_root_end`` run around each call of the root itself
     (the callback uses them to switch between the forward and backward phases); ``root`` is what the step calls
-    (a DDP wrapper of ``model``; default ``model``). :meth:`remove` takes every hook off again."""
+    (a DDP wrapper of ``model``; default ``model``). ``active()`` (default: always) says whether a call is
+    recorded: the callback leaves out the forwards of validation inside a training step. :meth:`remove` takes
+    every hook off again."""
 
     def __init__(
         self,
@@ -111,10 +113,12 @@ class ModuleRanges:
         nvtx: bool = False,
         on_root_start: Callable[[], None] | None = None,
         on_root_end: Callable[[], None] | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         self.nvtx = nvtx
+        self.active = active or (lambda: True)
         self.nvtx_count = 0
-        self._stack: list[_Range] = []
+        self._stack: list[_Range | None] = []  # None: a call not recorded (keeps pre and post calls paired)
         self._handles: list[Any] = []
         for path, module in model.named_modules():
             if path:
@@ -122,26 +126,30 @@ class ModuleRanges:
                 self._handles.append(module.register_forward_hook(self._post, always_call=True))
         root = model if root is None else root
         if on_root_start is not None:
-            self._handles.append(root.register_forward_pre_hook(lambda *_: on_root_start()))
+            self._handles.append(root.register_forward_pre_hook(lambda *_: on_root_start() if self.active() else None))
         if on_root_end is not None:
-            self._handles.append(root.register_forward_hook(lambda *_: on_root_end(), always_call=True))
+            self._handles.append(
+                root.register_forward_hook(lambda *_: on_root_end() if self.active() else None, always_call=True)
+            )
 
     def _pre(self, path: str) -> Callable[..., None]:
         name = MODULE_PREFIX + path
 
         def pre(module: nn.Module, args: Any) -> None:
-            self._stack.append(_Range(name, self.nvtx))
-            self.nvtx_count += self.nvtx
+            recorded = self.active()
+            self._stack.append(_Range(name, self.nvtx) if recorded else None)
+            self.nvtx_count += self.nvtx and recorded
 
         return pre
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._stack:  # always_call: also when the forward raised, so the stack stays balanced
-            self._stack.pop().close()
+        if self._stack and (entry := self._stack.pop()) is not None:  # always_call: balanced also after a raise
+            entry.close()
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         while self._stack:
-            self._stack.pop().close()
+            if (entry := self._stack.pop()) is not None:
+                entry.close()

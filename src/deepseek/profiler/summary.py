@@ -112,7 +112,7 @@ def bottlenecks(
                       f"({kernels['launches_per_step']:.0f} launches): launch-bound, try torch.compile or CUDA graphs, "
                       "or a larger batch"})  # fmt: skip
     if mfu is not None and mfu < 0.05:
-        found.append({"what": "mfu", "share": 1 - mfu, "advice": f"MFU is {mfu:.1%}: the step is far from the peak; "
+        found.append({"what": "mfu", "share": 1 - mfu, "advice": f"MFU is {100 * mfu:.2g}%: the step is far from the peak; "
                       "fix the shares above first, then a larger batch or bf16-mixed precision"})  # fmt: skip
     return sorted(found, key=lambda b: -b["share"])[:top]
 
