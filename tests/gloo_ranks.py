@@ -67,9 +67,12 @@ def run_ranks(worker: Callable[..., Any], world: int, *args: Any, timeout_s: flo
 def _rank_main(
     worker: Callable[..., Any], rank: int, world: int, port: int, timeout_s: float, results: Any, args: tuple
 ) -> None:
+    import faulthandler
+
     import torch
     import torch.distributed as dist
 
+    faulthandler.enable()  # a rank that crashes (SIGSEGV) prints its Python stacks to the test's output
     torch.set_num_threads(1)  # the ranks share the machine's cores
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own connections stay on the loopback too
     try:
