@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROFILE_SCHEMA = "deepseek.profile/1"
+from deepseek.profiler.report import FILES as PROFILE_FILES  # the profiler's file names, named there once
+from deepseek.profiler.summary import SCHEMA_ID as PROFILE_SCHEMA
+
 RUN_FILES = ("metrics.jsonl", "stats.jsonl")  # the files of a run the page reads record by record
-DEFAULT_PROFILE_FILES = {"trace": "trace.json", "flamegraph_stack": "flamegraph_stack.svg",
-                         "flamegraph_module": "flamegraph_module.svg", "stacks": "stacks.txt"}  # fmt: skip
 MAX_CHUNK_BYTES = 8 * 2**20  # one poll returns at most this much of a file; the page asks again from the offset
 
 
@@ -170,7 +170,7 @@ def read_profile(logdir: Path, relative: str) -> dict[str, Any]:
     if not isinstance(summary, dict) or summary.get("schema") != PROFILE_SCHEMA:
         raise ValueError(f"{relative}: not a profiler summary (its schema is not {PROFILE_SCHEMA!r})")
     links = {}
-    files = dict(DEFAULT_PROFILE_FILES)  # where the profiler writes them, when the summary does not say
+    files = dict(PROFILE_FILES)  # where the profiler writes them, when the summary does not say
     files.update(summary["files"] if isinstance(summary.get("files"), dict) else {})
     for key, name in files.items():
         if not isinstance(name, str):
