@@ -1,5 +1,7 @@
 """ProfilerCallback under DDP on two gloo ranks: the main rank writes the profile, with the gradient all-reduce as
-communication; the other rank profiles nothing; the weights are those of the same run without the profiler."""
+communication; the other rank profiles nothing; the weights are those of the same run without the profiler. Python
+stacks are not recorded under several processes (torch's stack tracer crashed a rank with SIGSEGV in CI); the
+summary says so and the module flame graph is still written."""
 
 from __future__ import annotations
 
@@ -33,21 +35,17 @@ def _worker(rank: int, out: str) -> dict:
     profiled = fit([callback])
     summary = callback.summary
     return {"same": plain == profiled, "summary": None if summary is None else
-            {"steps": summary["steps"], "split_s": summary["split_s"]}}  # fmt: skip
+            {"steps": summary["steps"], "split_s": summary["split_s"],
+                                                       "notes": summary["flops"].get("notes", [])}}  # fmt: skip
 
 
 @pytest.mark.distributed
 def test_the_main_rank_profiles_ddp_with_its_all_reduce_as_communication(tmp_path):
-    try:
-        got = run_ranks(_worker, WORLD, str(tmp_path / "profile"), timeout_s=120)
-    except AssertionError as err:
-        if "exit codes [-11]" not in str(err):
-            raise
-        # An open defect, not a pass: one run in about 12 (CI, 2026-12-01) a rank died with SIGSEGV while profiling
-        # under DDP with Python stacks; not reproduced since. faulthandler (tests/gloo_ranks.py) prints the stacks.
-        pytest.xfail("known, not yet fixed: a rank crashed (SIGSEGV) under the stack profiler with DDP")
+    got = run_ranks(_worker, WORLD, str(tmp_path / "profile"), timeout_s=120)
     assert got[0]["same"] and got[1]["same"]  # profiling changed nothing on either rank
     assert got[1]["summary"] is None  # only the main rank is profiled
     summary = got[0]["summary"]
     assert summary["steps"] == 2 and summary["split_s"]["communication"] > 0
-    assert (tmp_path / "profile" / "summary.json").is_file()
+    assert any("Python stacks are not recorded in a run of 2 processes" in n for n in summary["notes"])
+    for name in ("summary.json", "flamegraph_module.svg", "flamegraph_stack.svg", "stacks_module.txt"):
+        assert (tmp_path / "profile" / name).is_file(), name

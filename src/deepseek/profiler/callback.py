@@ -8,7 +8,7 @@ before run under the profiler unrecorded. Each recorded step is split by the Tra
 alternate), and ``ds::optimizer`` (``on_before_optimizer_step`` to the end of ``optimizer.step()``, seen by
 torch's step post-hook: clipping and the step); what follows until ``on_step_end`` (scheduler, EMA, logging,
 validation) is ``other``. Files go to ``output_dir``, else ``<run_dir>/profile``, on the main rank only (the other ranks
-are not profiled).
+are not profiled). In a run of several processes the window is recorded without Python stacks (see ``_start``).
 
 The run's results do not change: the hooks only open and close profiler ranges (and, on CUDA, synchronise inside
 the window); FLOPs are counted after the window on a copy of the model, on the last recorded micro-batch, with the
@@ -141,7 +141,16 @@ class ProfilerCallback:
         self._step_hook = post_hook(lambda *_: self._optimizer_done()) if callable(post_hook) else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        self._prof = make_profiler(device, wait=0, warmup=self.warmup, active=self.steps, on_ready=self._collector)
+        # Under several processes the window is profiled without Python stacks: torch's stack tracer, with DDP's
+        # communication running on gloo/NCCL threads, crashed a rank with SIGSEGV (seen in this project's CI; also
+        # vllm-project/vllm-ascend#16577, where with_stack=False never crashed). The module flame graph stays.
+        with_stack = trainer.dist.world_size == 1
+        if not with_stack:
+            self._collector.stack_note = (f"Python stacks are not recorded in a run of {trainer.dist.world_size} "
+                                          "processes (torch's stack tracer can crash a rank there); see the module "
+                                          "flame graph")  # fmt: skip
+        self._prof = make_profiler(device, wait=0, warmup=self.warmup, active=self.steps, on_ready=self._collector,
+                                   with_stack=with_stack)  # fmt: skip
         self._prof.start()
         if self.warmup == 0:
             self._collector.start()

@@ -52,6 +52,8 @@ class Collector:
         cuda = self.device.type == "cuda"
         self.profile = analyze(list(prof.events()), cuda=cuda)
         self.cpu_memory_peak = memory_peak_bytes(prof, "CPU")
+        if self.stack_note is not None:  # recorded without Python stacks on purpose
+            return
         try:
             self.stacks = flame.stacks_from_profile(prof, metric="self_device" if cuda else "self_cpu")
         except ValueError as exc:  # no Python stacks recorded: the module graph still has every operator

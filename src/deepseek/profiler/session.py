@@ -35,10 +35,17 @@ MODULE_PREFIX = "module::"
 
 
 def make_profiler(
-    device: torch.device, *, wait: int, warmup: int, active: int, on_ready: Callable[[profile], None]
+    device: torch.device,
+    *,
+    wait: int,
+    warmup: int,
+    active: int,
+    on_ready: Callable[[profile], None],
+    with_stack: bool = True,
 ) -> profile:
     """``torch.profiler.profile`` over ``wait + warmup + active`` steps (one cycle), CUDA activity on a GPU,
-    recording shapes, memory and Python stacks; ``on_ready(prof)`` runs once the active steps are done."""
+    recording shapes, memory and (``with_stack``) Python stacks; ``on_ready(prof)`` runs once the active steps
+    are done."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with warnings.catch_warnings():  # warmup=0 is a choice (the callback's first step may be the run's first)
         warnings.filterwarnings("ignore", message="Profiler won't be using warmup")
@@ -49,7 +56,7 @@ def make_profiler(
         on_trace_ready=on_ready,
         record_shapes=True,
         profile_memory=True,
-        **stack_profiler_kwargs(),  # with_stack and verbose: events carry their Python stacks (see flame.py)
+        **(stack_profiler_kwargs() if with_stack else {}),  # with_stack + verbose: events carry Python stacks
     )
 
 
