@@ -35,7 +35,6 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 
-from deepseek.models.parallelize.stages import build_stages, family_of, first_stage_args, tied_names
 from deepseek.registry import register_strategy
 from deepseek.train.batching import move_to, split_batch
 from deepseek.train.distributed import DistInfo, init_one_rank_group
@@ -134,6 +133,9 @@ class Pipeline:
         """Cut ``model`` to this rank's stages (in place), shard them over the data dimension when it has
         several ranks, and return the model (now holding only those stages)."""
         from torch.distributed.device_mesh import init_device_mesh
+
+        # late: the parallelize package imports DTensor (and with it sympy), half a second of every `import deepseek`
+        from deepseek.models.parallelize.stages import build_stages, family_of, tied_names
 
         if not torch_dist.is_initialized():  # a plain process: a world of one, on a group of its own
             init_one_rank_group(device)
@@ -283,6 +285,8 @@ class Pipeline:
         self._loss, self._scale_loss, self._window_losses = loss_fn, scale_loss, []
         has_first = any(s.is_first for s in self.stages)
         has_last = any(s.is_last for s in self.stages)
+        from deepseek.models.parallelize.stages import first_stage_args
+
         for batch in window:
             inputs, targets = split_batch(move_to(batch, device))
             args = first_stage_args(inputs) if has_first else ()
