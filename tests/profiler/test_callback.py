@@ -73,7 +73,8 @@ def test_a_run_that_resumes_past_the_window_profiles_nothing(tmp_path):
 
 def test_a_run_ending_inside_the_window_reports_the_recorded_steps_with_accumulation(tmp_path):
     out = tmp_path / "elsewhere"
-    callback = ProfilerCallback(start_step=1, steps=5, warmup=1, output_dir=str(out), print_table=False)
+    callback = ProfilerCallback(start_step=1, steps=5, warmup=1, output_dir=str(out), print_table=False,
+                                python_stacks=False)  # fmt: skip
     # 4 optimizer steps, the first one unrecorded warm-up: 3 recorded, before the run's final checkpoint
     _fit(tmp_path / "run", [callback], _data(8), accumulate_grad_batches=2)
     summary = json.loads((out / "summary.json").read_text())
@@ -81,6 +82,10 @@ def test_a_run_ending_inside_the_window_reports_the_recorded_steps_with_accumula
     assert summary["split_s"]["forward"] > 0 and summary["split_s"]["backward"] > 0
     assert {m["name"] for m in summary["modules"]} >= {"0", "3"}
     assert not (tmp_path / "run" / "profile").exists()
+    # python_stacks=False: no stacks, said so; the module flame graph is still drawn from every operator
+    assert "Python stacks are not recorded (python_stacks: false)" in " ".join(summary["flops"]["notes"])
+    assert (out / "stacks.txt").read_text().startswith("(no Python stacks recorded)")
+    assert "aten::" in (out / "stacks_module.txt").read_text()
 
 
 def test_validation_inside_the_window_is_left_out_of_the_steps_phases_and_batch(tmp_path):

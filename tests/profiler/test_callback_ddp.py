@@ -46,6 +46,6 @@ def test_the_main_rank_profiles_ddp_with_its_all_reduce_as_communication(tmp_pat
     assert got[1]["summary"] is None  # only the main rank is profiled
     summary = got[0]["summary"]
     assert summary["steps"] == 2 and summary["split_s"]["communication"] > 0
-    assert any("Python stacks are not recorded in a run of 2 processes" in n for n in summary["notes"])
+    assert any("Python stacks are not recorded (in a run of 2 processes by default)" in n for n in summary["notes"])
     for name in ("summary.json", "flamegraph_module.svg", "flamegraph_stack.svg", "stacks_module.txt"):
         assert (tmp_path / "profile" / name).is_file(), name

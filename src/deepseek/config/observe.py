@@ -38,6 +38,11 @@ class ProfileSection(_Section):
         description="Extra metrics (see `python -m deepseek.profiler --metrics help`); the CUDA-only ones print a "
         "`needs CUDA` line on a CPU.",
     )
+    python_stacks: Optional[bool] = Field(
+        default=None,
+        description="Record Python stacks for the flame graph by stack; null: yes in a run of one process, no in a "
+        "run of several (a rank once died with SIGSEGV there with stacks on; see the Profiler page).",
+    )
 
 
 class StatsSection(_Section):

@@ -40,18 +40,20 @@ class ProfilerCallback:
     """Profile optimizer steps ``start_step + 1 .. start_step + steps`` of a Trainer run (see the module docstring).
 
     ``metrics``: names from ``python -m deepseek.profiler --metrics help``. ``print_table``: print the terminal
-    table when the window ends. ``model_name``: what summary.json calls the model (default: its class name). After the window, ``summary`` holds the summary.json dict and ``output_path`` the
-    directory."""
+    table when the window ends. ``model_name``: what summary.json calls the model (default: its class name).
+    ``python_stacks``: record Python stacks (the flame graph by stack); None: only in a run of one process.
+    After the window, ``summary`` holds the summary.json dict and ``output_path`` the directory."""
 
     def __init__(self, start_step: int = 10, steps: int = 5, warmup: int = 1, output_dir: str | None = None,
                  metrics: list[str] | tuple[str, ...] = (), print_table: bool = True,
-                 model_name: str | None = None) -> None:  # fmt: skip
+                 model_name: str | None = None, python_stacks: bool | None = None) -> None:  # fmt: skip
         if start_step < 0 or steps < 1 or warmup < 0:
             raise ConfigError([f"train.profile: start_step {start_step} (>= 0), steps {steps} (>= 1) and warmup "
                                f"{warmup} (>= 0) are not all allowed"])  # fmt: skip
         self.start_step, self.steps, self.warmup = start_step, steps, min(warmup, start_step)
         self.first = start_step - self.warmup  # the profiler starts after this many optimizer steps
         self.output_dir, self.print_table, self.model_name = output_dir, print_table, model_name
+        self.python_stacks = python_stacks
         try:
             self.metric_names = parse_metrics(list(metrics), option="train.profile.metrics")
         except ValueError as exc:  # a ConfigError: `deepseek train` prints it as one line, exit code 2
@@ -141,14 +143,15 @@ class ProfilerCallback:
         self._step_hook = post_hook(lambda *_: self._optimizer_done()) if callable(post_hook) else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        # Under several processes the window is profiled without Python stacks: torch's stack tracer, with DDP's
-        # communication running on gloo/NCCL threads, crashed a rank with SIGSEGV (seen in this project's CI; also
-        # vllm-project/vllm-ascend#16577, where with_stack=False never crashed). The module flame graph stays.
-        with_stack = trainer.dist.world_size == 1
+        # By default a run of several processes is profiled without Python stacks: with them a DDP rank died
+        # with SIGSEGV once in this project's CI (vllm-project/vllm-ascend#16577 reports the same with with_stack;
+        # a gloo rank has also crashed once without the profiler, so the cause is not settled). The module flame
+        # graph stays; train.profile.python_stacks: true records them anyway.
+        world = trainer.dist.world_size
+        with_stack = self.python_stacks if self.python_stacks is not None else world == 1
         if not with_stack:
-            self._collector.stack_note = (f"Python stacks are not recorded in a run of {trainer.dist.world_size} "
-                                          "processes (torch's stack tracer can crash a rank there); see the module "
-                                          "flame graph")  # fmt: skip
+            why = f"in a run of {world} processes by default" if self.python_stacks is None else "python_stacks: false"
+            self._collector.stack_note = f"Python stacks are not recorded ({why}); see the module flame graph"
         self._prof = make_profiler(device, wait=0, warmup=self.warmup, active=self.steps, on_ready=self._collector,
                                    with_stack=with_stack)  # fmt: skip
         self._prof.start()
