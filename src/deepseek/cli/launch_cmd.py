@@ -82,24 +82,41 @@ _VALUED = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id",
            "--resume", "--progress")  # fmt: skip
 
 
-def split_comm(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
-    """``launch [OPTIONS] comm ARGS...`` -> (``launch [OPTIONS]``, ``ARGS``): ``deepseek comm`` under torchrun
-    instead of ``deepseek train``; None when the first positional after ``launch`` is not ``comm``."""
+# commands `deepseek launch` runs on every rank instead of `deepseek train`
+FORWARDED = ("comm", "tune")
+
+
+def split_forwarded(argv: Sequence[str]) -> tuple[list[str], str, list[str]] | None:
+    """``launch [OPTIONS] NAME ARGS...`` with NAME in :data:`FORWARDED` -> (``launch [OPTIONS]``, NAME, ``ARGS``):
+    ``deepseek NAME`` under torchrun instead of ``deepseek train``; None when the first positional after
+    ``launch`` is not one of them."""
     argv = list(argv)
     if not argv or argv[0] != "launch":
         return None
     i = 1
     while i < len(argv) and argv[i].startswith("-"):
         i += 2 if argv[i] in _VALUED else 1  # `--nproc 4` takes the next item; `--nproc=4` does not
-    return (argv[:i], argv[i + 1 :]) if i < len(argv) and argv[i] == "comm" else None
+    return (argv[:i], argv[i], argv[i + 1 :]) if i < len(argv) and argv[i] in FORWARDED else None
+
+
+def split_comm(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """``launch [OPTIONS] comm ARGS...`` -> (``launch [OPTIONS]``, ``ARGS``); None otherwise."""
+    split = split_forwarded(argv)
+    return (split[0], split[2]) if split is not None and split[1] == "comm" else None
+
+
+def forwarded_command(args: argparse.Namespace, name: str, argv: Sequence[str]) -> list[str]:
+    """The agent's command line for ``deepseek launch ... NAME ARGS``: ``deepseek NAME ARGS`` on every rank
+    (``tune``: rank 0 samples each trial and the other ranks train it with it)."""
+    if args.nnodes > 1 and not args.run_dir:
+        args.run_dir = name  # no run directory is written here; only check_launch_options asks for one
+    check_launch_options(args)
+    return [*agent_command(args, args.rdzv_id or f"deepseek-{name}"), "-m", "deepseek", name, *argv]
 
 
 def comm_command(args: argparse.Namespace, comm_argv: Sequence[str]) -> list[str]:
     """The agent's command line for ``deepseek launch ... comm ARGS``: ``deepseek comm ARGS`` on every rank."""
-    if args.nnodes > 1 and not args.run_dir:
-        args.run_dir = "comm"  # no run directory is written; only check_launch_options asks for one
-    check_launch_options(args)
-    return [*agent_command(args, args.rdzv_id or "deepseek-comm"), "-m", "deepseek", "comm", *comm_argv]
+    return forwarded_command(args, "comm", comm_argv)
 
 
 def torchrun_command(args: argparse.Namespace, config: str, overrides: Sequence[str], run_dir: str) -> list[str]:

@@ -16,7 +16,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deepseek.cli import comm_cmd, compress_cmd, export_cmd, launch_cmd, plan_cmd, profile_cmd, serve_cmd, shard_cmd
+from deepseek.cli import (
+    comm_cmd,
+    compress_cmd,
+    export_cmd,
+    launch_cmd,
+    nas_cmd,
+    plan_cmd,
+    profile_cmd,
+    serve_cmd,
+    shard_cmd,
+    tune_cmd,
+)
 from deepseek.cli import run_dir as run_dirs
 from deepseek.cli.dispatch import run_command
 from deepseek.cli.errors import UsageError
@@ -240,9 +251,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return launch_cmd.run_agent(torchrun_command(args, path, overrides, run_dir))
 
 
-def cmd_launch_comm(args: argparse.Namespace, comm_argv: list[str]) -> int:
-    """``deepseek launch [OPTIONS] comm ARGS``: ``deepseek comm ARGS`` on every rank (no run directory)."""
-    return launch_cmd.run_agent(launch_cmd.comm_command(args, comm_argv))
+def cmd_launch_forwarded(args: argparse.Namespace, name: str, argv: list[str]) -> int:
+    """``deepseek launch [OPTIONS] comm|tune ARGS``: ``deepseek comm|tune ARGS`` on every rank."""
+    return launch_cmd.run_agent(launch_cmd.forwarded_command(args, name, argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd.add_parser(sub)
     comm_cmd.add_parser(sub)
     profile_cmd.add_parser(sub)
-    p = sub.add_parser("launch", help="run `deepseek train` (or `deepseek comm ...`: `launch --nproc N comm bench`) "
-                       "under torchrun: N ranks per node, one node or several")  # fmt: skip
+    tune_cmd.add_parser(sub)
+    nas_cmd.add_parser(sub)
+    p = sub.add_parser("launch", help="run `deepseek train` (or `deepseek comm ...` / `deepseek tune ...`: `launch "
+                       "--nproc N comm bench`) under torchrun: N ranks per node, one node or several")  # fmt: skip
     launch_cmd.add_launch_options(p)
     train_like(p)
     p.set_defaults(fn=cmd_launch)
@@ -319,10 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    if (split := launch_cmd.split_comm(sys.argv[1:] if argv is None else argv)) is not None:
-        launch_argv, comm_argv = split
+    if (split := launch_cmd.split_forwarded(sys.argv[1:] if argv is None else argv)) is not None:
+        launch_argv, name, rest = split
         args = parser.parse_args(launch_argv)
-        args.fn = lambda a: cmd_launch_comm(a, comm_argv)
+        args.fn = lambda a: cmd_launch_forwarded(a, name, rest)
         return run_command(args)
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options too (`eval CFG --checkpoint X optim.lr=1`); argparse stops at them.
