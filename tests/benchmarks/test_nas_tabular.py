@@ -25,6 +25,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import nasbench_graph as nbg  # noqa: E402
 
 
+@pytest.mark.slow  # 480 lookups of 4 algorithms in quick mode: about 6 s
 def test_the_quick_mode_prints_a_regret_row_per_dataset_constraint_and_algorithm():
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "nas_tabular.py"), "--quick"], capture_output=True, text=True, timeout=120

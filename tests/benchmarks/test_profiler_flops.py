@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "profiler_flops.py"
 ROW = re.compile(r"^(\w+)\s+([\d,]+) (infer|train)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([+-][\d.]+)%  (yes|NO)$", re.M)
 
@@ -17,6 +19,7 @@ def _int(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+@pytest.mark.slow  # counts every model of the zoo: about 5 s
 def test_the_quick_mode_reconciles_every_model_and_reports_peaks_and_stacks():
     done = subprocess.run([sys.executable, str(BENCHMARK), "--quick"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

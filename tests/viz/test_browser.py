@@ -116,6 +116,7 @@ def merged_steps(records: list[dict[str, Any]], key: str) -> dict[int, float]:
     return points
 
 
+@pytest.mark.slow  # trains a run, serves it and drives Chromium: about 10 s
 def test_the_page_shows_a_real_run_updates_live_and_reports_bad_input(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -128,10 +128,10 @@ def test_errors_are_one_line_naming_key_value_and_allowed(raw, expected):
 
 
 def test_user_builder_by_import_path(tmp_path, monkeypatch):
-    (tmp_path / "my_nets.py").write_text(
+    (tmp_path / "nas_test_user_nets.py").write_text(
         "import torch.nn as nn\n\ndef build(width: int = 4, depth: int = 1):\n"
         "    return nn.Sequential(nn.Flatten(), *[nn.Linear(64 if i == 0 else width, width) for i in range(depth)])\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    space = parse_space({"model": "my_nets:build", "search_space": {"width": [4, 8], "depth": [1, 2]}})
-    assert space.kind == "model" and space.model == "my_nets:build"
+    space = parse_space({"model": "nas_test_user_nets:build", "search_space": {"width": [4, 8], "depth": [1, 2]}})
+    assert space.kind == "model" and space.model == "nas_test_user_nets:build"
