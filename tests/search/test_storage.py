@@ -231,11 +231,17 @@ def test_run_workers_ctrl_c_stops_all(tmp_path: Path):
         if process_tree.poll(lambda: all((tmp_path / str(i)).exists() for i in range(2)), timeout=120):
             os.kill(os.getpid(), signal.SIGINT)
 
-    thread = threading.Thread(target=interrupt_when_started, daemon=True)
-    thread.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_workers(block, (str(tmp_path),), workers=2, timeout_s=240)
-    thread.join()
+    # Python's own Ctrl-C handler, as `deepseek tune` has it: in the full suite a library used by an earlier test
+    # may leave another SIGINT handler in this process (CI of 2026-12-01 timed out here, the SIGINT unseen)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        thread = threading.Thread(target=interrupt_when_started, daemon=True)
+        thread.start()
+        with pytest.raises(KeyboardInterrupt):
+            run_workers(block, (str(tmp_path),), workers=2, timeout_s=240)
+        thread.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     pids = [int((tmp_path / str(i)).read_text()) for i in range(2)]
     assert process_tree.wait_gone(pids, timeout=30) == []
 
