@@ -235,7 +235,7 @@ def test_a_model_setting_overrides_max_job_attempts(tmp_path):
 
 
 def test_shutdown_ends_even_when_wait_for_swallows_the_cancel(tmp_path, monkeypatch):
-    import deepseek.serve.app as app_module
+    import deepseek.serve.server as app_module
 
     original = asyncio.wait_for
 

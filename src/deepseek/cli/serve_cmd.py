@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from deepseek.serve import ModelDirError, ServeSettings, create_app, discover
-        from deepseek.serve.jobs import JobStore
+        from deepseek.serve.jobs import open_job_store
     except ModuleNotFoundError as exc:
         raise UsageError(
             f"serving needs the serve extra ({exc.name} is missing): pip install 'deepseek-framework[serve]'"
@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         jobs_db=args.jobs_db or (model_dir / ".serve" / "jobs.sqlite"), max_job_attempts=args.max_job_attempts,
     )  # fmt: skip
     try:  # a read-only model directory fails here, with the way out, not in the server's start-up
-        JobStore(settings.jobs_db).close()
+        open_job_store(settings.jobs_db, settings.job_lease_s).close()
     except (OSError, sqlite3.Error) as exc:
         raise UsageError(f"jobs database '{settings.jobs_db}': {exc}; pass --jobs-db PATH somewhere writable") from None
     try:

@@ -6,11 +6,12 @@ Needs the ``serve`` extra (FastAPI, uvicorn, prometheus-client, httpx):
 
 from __future__ import annotations
 
-from deepseek.serve.app import ServeSettings, create_app
+from deepseek.serve.app import create_app
 from deepseek.serve.batching import Batcher, QueueFull
 from deepseek.serve.client import Client, ServeError
 from deepseek.serve.model import ServedModel
 from deepseek.serve.repository import ModelDirError, discover
+from deepseek.serve.server import Server, ServeSettings
 from deepseek.serve.spec import InputSpec, SpecError, TensorSpec
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "QueueFull",
     "ServeError",
     "ServeSettings",
+    "Server",
     "ServedModel",
     "SpecError",
     "TensorSpec",

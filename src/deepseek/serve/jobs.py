@@ -218,3 +218,9 @@ class JobStore:
 
 def _canonical(request: dict[str, Any]) -> str:
     return json.dumps(request, sort_keys=True)
+
+
+def open_job_store(where: str | Path, lease_s: float = 15.0) -> JobStore:
+    """The job store at ``where``: a SQLite file (one server process). ``lease_s`` is for stores shared by
+    replicas, where a replica silent that long has its running jobs taken over."""
+    return JobStore(where)
