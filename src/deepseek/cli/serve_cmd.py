@@ -48,11 +48,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 2**20), api_key=api_key,
         jobs_db=args.jobs_db or (model_dir / ".serve" / "jobs.sqlite"), max_job_attempts=args.max_job_attempts,
+        job_lease_s=args.job_lease_s,
     )  # fmt: skip
+    if args.job_lease_s <= 0:
+        raise UsageError(f"--job-lease-s: {args.job_lease_s:g} is not allowed; it must be > 0")
     try:  # a read-only model directory fails here, with the way out, not in the server's start-up
         open_job_store(settings.jobs_db, settings.job_lease_s).close()
-    except (OSError, sqlite3.Error) as exc:
-        raise UsageError(f"jobs database '{settings.jobs_db}': {exc}; pass --jobs-db PATH somewhere writable") from None
+    except (OSError, ValueError, sqlite3.Error) as exc:  # open_job_store words a PostgreSQL failure as a ValueError
+        raise UsageError(f"jobs database '{settings.jobs_db}': {exc}; pass --jobs-db PATH somewhere writable "
+                         "(or a postgresql:// URL)") from None  # fmt: skip
     try:
         sock = socket.create_server((args.host, args.port))
     except OSError as exc:
@@ -85,7 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="queued samples per model before 429 (default 256)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="a request's default time budget before 504")
     p.add_argument("--max-body-mb", type=float, default=1.0, help="largest request body (default 1 MiB) before 413")
-    p.add_argument("--jobs-db", default=None, help="SQLite file of async jobs (default MODEL_DIR/.serve/jobs.sqlite)")
+    p.add_argument("--jobs-db", default=None, help="SQLite file of async jobs (default MODEL_DIR/.serve/jobs.sqlite), "
+                   "or a postgresql://user@host/db URL: one job store shared by several server replicas")  # fmt: skip
+    p.add_argument("--job-lease-s", type=float, default=15.0,
+                   help="PostgreSQL store: a replica silent this long has its running jobs taken over (default 15)")  # fmt: skip
     p.add_argument("--max-job-attempts", type=int, default=3,
                    help="a job that crashed the server this many times is failed, not re-run (default 3)")  # fmt: skip
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
