@@ -210,7 +210,7 @@ def test_the_readme_stream_snippet_prints_each_token_once(server, capsys):
     from tests.conftest import REPO
 
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "serve.md").read_text(), re.S)  # moved from README
-    (block,) = [b for b in blocks if "client.stream(" in b]
+    block = next(b for b in blocks if "client.stream(" in b)  # the REST example (the gRPC one follows it)
     lines = block.splitlines()
     start = next(i for i, line in enumerate(lines) if "for event in client.stream(" in line)
     indent = len(lines[start]) - len(lines[start].lstrip())

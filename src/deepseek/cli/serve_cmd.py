@@ -2,7 +2,8 @@
 
 Binds 127.0.0.1 unless ``--host`` says otherwise; ``--api-key`` (or ``DEEPSEEK_SERVE_API_KEY``)
 makes every route but the health checks and docs answer 401 without it. ``--port 0`` takes a free
-port; the ``listening on`` line says which. A model directory is data: code its ``config.yaml`` or
+port; the ``listening on`` line says which. ``--grpc-port P`` also serves gRPC (same models, batcher, jobs,
+API key and metrics; on ``--host`` too; 0: a free port, printed as ``gRPC listening on HOST:PORT``). A model directory is data: code its ``config.yaml`` or
 ``serve.yaml`` names (``my_models:Probe``) is imported only with ``--trust-code``.
 """
 
@@ -36,6 +37,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--max-batch-size and --max-queue must be >= 1, --max-delay-ms >= 0, --timeout-s > 0")
     if args.max_job_attempts < 1:
         raise UsageError(f"--max-job-attempts: {args.max_job_attempts} is not allowed; it must be >= 1")
+    if args.grpc_port is not None:
+        check_grpc_port(args.grpc_port, args.port)
     model_dir = Path(args.model_dir)
     try:
         models = discover(model_dir, trust_code=args.trust_code)
@@ -48,13 +51,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 2**20), api_key=api_key,
         jobs_db=args.jobs_db or (model_dir / ".serve" / "jobs.sqlite"), max_job_attempts=args.max_job_attempts,
-        job_lease_s=args.job_lease_s,
+        job_lease_s=args.job_lease_s, grpc_port=args.grpc_port, grpc_host=args.host,
     )  # fmt: skip
     if args.job_lease_s <= 0:
         raise UsageError(f"--job-lease-s: {args.job_lease_s:g} is not allowed; it must be > 0")
     try:  # a read-only model directory fails here, with the way out, not in the server's start-up
         open_job_store(settings.jobs_db, settings.job_lease_s).close()
     except (OSError, ValueError, sqlite3.Error) as exc:  # open_job_store words a PostgreSQL failure as a ValueError
+        if "://" in str(settings.jobs_db):  # the message names the URL, its password hidden
+            raise UsageError(f"--jobs-db: {exc}") from None
         raise UsageError(f"jobs database '{settings.jobs_db}': {exc}; pass --jobs-db PATH somewhere writable "
                          "(or a postgresql:// URL)") from None  # fmt: skip
     try:
@@ -65,6 +70,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # waits ~40 ms for a delayed ACK (Nagle). Accepted connections inherit it from the listener.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     port = sock.getsockname()[1]
+    if args.grpc_port:  # the gRPC server binds during start-up: a port in use is a usage error now, not a crash then
+        try:
+            socket.create_server((args.host, args.grpc_port)).close()
+        except OSError as exc:
+            raise UsageError(f"--grpc-port: cannot listen on {args.host}:{args.grpc_port}: {exc.strerror}") from None
     names = sorted({f"{m.name}:{m.version}" for m in models})
     print(f"deepseek-serve: {len(names)} model(s): {', '.join(names)}", flush=True)
     print(f"listening on http://{args.host}:{port} (docs: /docs, batching: max {args.max_batch_size}, "
@@ -75,6 +85,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_grpc_port(grpc_port: int, http_port: int) -> None:
+    """``--grpc-port``: a port number other than ``--port``, and the grpc extra installed."""
+    if not 0 <= grpc_port <= 65535 or (grpc_port and grpc_port == http_port):
+        raise UsageError(f"--grpc-port: {grpc_port} is not allowed; it must be in 0..65535 (0: a free port) "
+                         f"and differ from --port {http_port}")  # fmt: skip
+    try:
+        import deepseek.serve.grpc_service  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"--grpc-port needs the grpc extra ({exc.name} is missing): "
+                         "pip install 'deepseek-framework[grpc]'") from None  # fmt: skip
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_dir", "--model-dir", dest="model_dir", required=True,
                    help="a run directory, a folder of runs/.onnx/.pt2 files, or one with serve.yaml")  # fmt: skip
@@ -83,6 +105,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "serve.yaml names: it runs with your permissions; without it only registered names load")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="default 8080; 0 picks a free port")
+    p.add_argument("--grpc-port", type=int, default=None,
+                   help="also serve gRPC (deepseek.serve.v1.Inference, with reflection) on this port; 0: a free one")  # fmt: skip
     p.add_argument("--api-key", default=None, help=f"require this key (or set {API_KEY_ENV})")
     p.add_argument("--max-batch-size", type=int, default=32, help="samples per forward pass; 1 turns batching off")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")

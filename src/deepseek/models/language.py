@@ -1,9 +1,11 @@
 """Language models: GPT-2 (Radford et al. 2019) with a KV cache, and BERT-base (Devlin et al. 2019).
 
 GPT-2: token ids ``(N, L)`` -> logits ``(N, L, vocab)``; ``generate`` and ``stream`` decode with the
-KV cache (greedy at ``temperature=0``). BERT: ids ``(N, L)`` (or a dict with ``input_ids`` and
-``attention_mask`` as :class:`~deepseek.data.transforms.Tokenize` makes) -> ``(N, num_classes)`` for
-the classification head or ``(N, L, vocab)`` for the masked-LM head. Counts at the published sizes:
+KV cache (greedy at ``temperature=0``); rows of different lengths share one batch through ``forward``'s
+per-row ``positions`` and padding ``attention_mask`` (continuous batching, :mod:`deepseek.models.decoding`).
+BERT: ids ``(N, L)`` (or a dict with ``input_ids`` and ``attention_mask`` as
+:class:`~deepseek.data.transforms.Tokenize` makes) -> ``(N, num_classes)`` for the classification head
+or ``(N, L, vocab)`` for the masked-LM head. Counts at the published sizes:
 gpt2 124,439,808; bert_base encoder 109,482,240 (+ head).
 """
 
@@ -70,12 +72,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.register_load_state_dict_pre_hook(split_packed_qkv)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attn_mask: torch.Tensor | None = None):  # fmt: skip
+        """``attn_mask``: ``(N, 1, L, L_past + L)`` bool, True where a query may attend (padding and causality
+        already folded in, see :func:`padded_attention_mask`); None: plain causal attention."""
         n, length, _ = x.shape
         q, k, v = (p(x).view(n, length, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        if past is None:
+        if attn_mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        elif past is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif length == 1:
             out = F.scaled_dot_product_attention(q, k, v)  # one new token sees everything before it
@@ -86,6 +93,18 @@ class CausalSelfAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(n, length, -1)), (k, v)
 
 
+def padded_attention_mask(valid: torch.Tensor, length: int) -> torch.Tensor:
+    """``valid`` ``(N, T)`` bool (True: a real token, past and new) -> ``(N, 1, length, T)`` bool for the last
+    ``length`` (new) positions: causal, real keys only, and each query always sees itself, so that a padding
+    query has one finite score (a row of all -inf would be NaN, and NaN reaches the cache through later layers)."""
+    total = valid.shape[1]
+    offset = total - length
+    causal = torch.ones(length, total, dtype=torch.bool, device=valid.device).tril(offset)
+    itself = torch.zeros_like(causal)
+    itself[torch.arange(length), torch.arange(offset, total)] = True
+    return (causal & valid[:, None, None, :]) | itself
+
+
 class GPT2Block(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -93,10 +112,12 @@ class GPT2Block(nn.Module):
         self.attn = CausalSelfAttention(dim, heads)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None, use_cache: bool = True):
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None, use_cache: bool = True,
+                attn_mask: torch.Tensor | None = None):  # fmt: skip
         """``(N, L, dim)`` -> ``(N, L, dim)`` and this block's ``(k, v)`` cache, or None with ``use_cache=False``
         (training: returning k and v, views of the projections, makes FSDP2 warn about in-place ops on views)."""
-        a, present = self.attn(self.ln1(x), past)
+        h = self.ln1(x)  # attn_mask only when given: attention modules swapped in may take (x, past) alone
+        a, present = self.attn(h, past) if attn_mask is None else self.attn(h, past, attn_mask)
         x = x + a
         return x + self.mlp(self.ln2(x)), (present if use_cache else None)
 
@@ -119,18 +140,35 @@ class GPT2(GradientCheckpointing, nn.Module):
             for proj in (block.attn.proj, block.mlp[2]):
                 nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * depth))
 
-    def forward(self, ids: torch.Tensor, past: Cache | None = None, use_cache: bool = False) -> Any:
+    def forward(self, ids: torch.Tensor, past: Cache | None = None, use_cache: bool = False,
+                positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                last_only: bool = False) -> Any:  # fmt: skip
+        """``ids`` ``(N, L)`` -> logits ``(N, L, vocab)``, and the cache (per block ``(k, v)``, each
+        ``(N, heads, L_past + L, dim // heads)``) when ``use_cache`` or ``past`` is given.
+
+        Rows of different lengths in one batch (padded; :class:`deepseek.models.decoding.DecodeBatch`):
+        ``positions`` ``(N, L)`` int64, each token's own position (default ``L_past + arange(L)`` for every row),
+        and ``attention_mask`` ``(N, L_past + L)`` bool, True for real tokens (padding is never attended to).
+        ``last_only``: logits ``(N, 1, vocab)`` of the last position only (a prefill needs no more, and the
+        head over every prompt position is most of a prefill's work at a 30k vocabulary).
+        """
         start = past[0][0].shape[2] if past else 0
-        if start + ids.shape[1] > self.max_positions:
-            raise ValueError(f"sequence of {start + ids.shape[1]} tokens exceeds max_positions={self.max_positions}")
-        x = self.tok(ids) + self.pos(torch.arange(start, start + ids.shape[1], device=ids.device))
-        if not use_cache and past is None:
+        if positions is None:
+            if start + ids.shape[1] > self.max_positions:
+                raise ValueError(f"sequence of {start + ids.shape[1]} tokens exceeds max_positions={self.max_positions}")
+            positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        elif positions.numel() and int(positions.max()) >= self.max_positions:
+            raise ValueError(f"position {int(positions.max())} exceeds max_positions={self.max_positions}")
+        x = self.tok(ids) + self.pos(positions)
+        if not use_cache and past is None and attention_mask is None and not last_only:
             return self.head(self.ln_f(self.run_blocks_pairs(x)))
+        mask = None if attention_mask is None else padded_attention_mask(attention_mask, ids.shape[1])
         presents: Cache = []
         for i, block in enumerate(self.blocks):
-            x, present = block(x, past[i] if past else None)
+            x, present = block(x, past[i] if past else None, attn_mask=mask)
             presents.append(present)
-        return self.head(self.ln_f(x)), presents
+        logits = self.head(self.ln_f(x[:, -1:] if last_only else x))
+        return (logits, presents) if use_cache or past is not None else logits
 
     def run_blocks_pairs(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, L, dim)`` through every block without a cache (each block returns ``(x, present)``)."""
@@ -146,10 +184,10 @@ class GPT2(GradientCheckpointing, nn.Module):
         context = ids
         for _ in range(max_new_tokens):
             if use_cache:
-                logits, past = self(context if past is None else context[:, -1:], past, use_cache=True)
+                logits, past = self(context if past is None else context[:, -1:], past, use_cache=True, last_only=True)
             else:
                 logits = self(context)
-            nxt = _pick(logits[:, -1], temperature, top_k, generator)
+            nxt = pick_next(logits[:, -1], temperature, top_k, generator)
             context = torch.cat([context, nxt[:, None]], dim=1)
             yield nxt
 
@@ -159,9 +197,11 @@ class GPT2(GradientCheckpointing, nn.Module):
         return torch.cat([ids, torch.stack(new, dim=1)], dim=1) if new else ids
 
 
-def _pick(
+def pick_next(
     logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
+    """Logits ``(N, vocab)`` -> the next token ids ``(N,)``: argmax at ``temperature <= 0``, else sampled from
+    the softmax at ``temperature`` (over the ``top_k`` most likely tokens when given)."""
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits / temperature

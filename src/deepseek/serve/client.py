@@ -1,12 +1,16 @@
-"""``ds.serve.Client``: the server's three modes from Python (httpx underneath).
+"""``ds.serve.Client``: the server's three modes from Python, over REST (httpx) or gRPC.
 
 >>> client = Client("http://127.0.0.1:8080")                     # doctest: +SKIP
+>>> client = Client("grpc://127.0.0.1:50051")                    # doctest: +SKIP  # deepseek-serve --grpc-port
 >>> client.predict("default", [[[0.0] * 8] * 8])                 # doctest: +SKIP
 >>> job = client.submit("default", x); client.wait(job)["result"]  # doctest: +SKIP
 >>> for event in client.stream("gpt2", "hello"):                  # doctest: +SKIP
 ...     if event["event"] == "token": print(event["text"], end="")  # ``done`` repeats the whole text
 
 Instances may be nested lists, torch tensors or numpy arrays (sent as ``.tolist()``), or lists of them.
+Both protocols answer alike and refuse alike (:class:`ServeError` with the HTTP status; over gRPC the server
+sends it in the trailing metadata, see :mod:`deepseek.serve.grpc_service`), so code written for one runs over
+the other; over gRPC a whole-number float reads back as an int (``1.0`` as ``1``: protobuf has one number type).
 """
 
 from __future__ import annotations
@@ -29,11 +33,20 @@ class ServeError(Exception):
 
 class Client:
     def __init__(self, url: str = "http://127.0.0.1:8080", api_key: str | None = None, timeout: float = 60.0) -> None:
+        """``url``: ``http(s)://HOST:PORT`` (REST) or ``grpc://HOST:PORT`` (the server's ``--grpc-port``)."""
+        self.grpc: Any = None
+        if url.startswith("grpc://"):  # grpcio is needed only by clients that speak gRPC
+            from deepseek.serve.grpc_client import GrpcClient
+
+            self.grpc = GrpcClient(url.removeprefix("grpc://").rstrip("/"), api_key, timeout, ServeError)
+            return
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"Client url: {url!r} is not allowed; it must start with http://, https:// or grpc://")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
     def close(self) -> None:
-        self.http.close()
+        (self.grpc or self.http).close()
 
     def __enter__(self) -> Client:
         return self
@@ -46,6 +59,8 @@ class Client:
                 version: str | None = None, timeout_s: float | None = None) -> list[Any]:  # fmt: skip
         """One result per instance; ``instances``: a list, or a tensor/array whose first axis is the samples."""
         body = _body(instances, parameters, timeout_s)
+        if self.grpc:
+            return self.grpc.predict(model, body["instances"], parameters, version, timeout_s)
         return self._json("POST", f"{_model(model, version)}/predict", json=body)["predictions"]
 
     # ------------------------------------------------------------------------------ jobs
@@ -55,12 +70,18 @@ class Client:
         characters, e.g. a uuid4) a retried submit returns the job the first one made instead of a second one."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         body = _body(instances, parameters, None)
+        if self.grpc:
+            return self.grpc.submit(model, body["instances"], parameters, version, idempotency_key)
         return self._json("POST", f"{_model(model, version)}/jobs", json=body, headers=headers)["id"]
 
     def job(self, job_id: str) -> dict[str, Any]:
+        if self.grpc:
+            return self.grpc.job(job_id)
         return self._json("GET", f"/v1/jobs/{job_id}")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
+        if self.grpc:
+            return self.grpc.cancel(job_id)
         return self._json("DELETE", f"/v1/jobs/{job_id}")
 
     def wait(self, job_id: str, timeout: float = 60.0, poll_s: float = 0.05) -> dict[str, Any]:
@@ -83,6 +104,9 @@ class Client:
         An ``error`` event raises :class:`ServeError`.
         """
         body = _body(instance if chunks else [instance], parameters, None)
+        if self.grpc:
+            yield from self.grpc.stream(model, body["instances"], parameters, version)
+            return
         with self.http.stream("POST", f"{_model(model, version)}/stream", json=body) as response:
             if response.status_code >= 400:
                 response.read()
@@ -99,9 +123,13 @@ class Client:
 
     # ------------------------------------------------------------------------------ info
     def models(self) -> list[dict[str, Any]]:
+        if self.grpc:
+            return self.grpc.models()
         return self._json("GET", "/v1/models")["models"]
 
     def ready(self) -> bool:
+        if self.grpc:
+            return self.grpc.ready()
         try:
             return self.http.get("/readyz").status_code == 200
         except httpx.TransportError:

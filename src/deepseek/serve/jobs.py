@@ -17,6 +17,10 @@ then thrown away).
 SQLite in WAL mode with one short transaction per change: a crash never leaves a half-written row.
 Every write waits for an fsync (``synchronous=FULL``), so the server calls the store from worker threads
 (``asyncio.to_thread``), never from its event loop; one lock serialises them on the one connection.
+
+Several server processes (replicas) share one PostgreSQL store instead (``open_job_store`` with a
+``postgresql://`` URL, :mod:`deepseek.serve.jobs_pg`): the same methods and semantics, jobs claimed under
+row locks and held by leases that a killed replica stops renewing.
 """
 
 from __future__ import annotations
@@ -29,10 +33,22 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL = ("succeeded", "failed", "cancelled")
+from deepseek.serve.job_records import (
+    FINAL,
+    STATES,
+    IdempotencyConflict,
+    canonical_request,
+    check_same_request,
+    job_view,
+)
+
+if TYPE_CHECKING:
+    from deepseek.serve.jobs_pg import PostgresJobStore
+
+__all__ = ["FINAL", "STATES", "IdempotencyConflict", "JobStore", "canonical_request", "open_job_store", "redact_url"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,9 +67,6 @@ ADDED_COLUMNS = {
 }
 KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key)"  # NULLs are distinct
 
-
-class IdempotencyConflict(ValueError):
-    """An ``Idempotency-Key`` already names a job made from a different request (answered with 409)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -141,15 +154,7 @@ class JobStore:
     def find_key(self, model: str, version: str | None, request: dict[str, Any], key: str) -> str | None:
         """The id of the job submitted with ``key`` (None: no such job), checked to be the same request."""
         row = self.db.execute("SELECT id, model, version, request FROM jobs WHERE idempotency_key=?", (key,)).fetchone()
-        if row is None:
-            return None
-        same = (row["model"], row["version"]) == (model, version) and _canonical(json.loads(row["request"])) == (
-            _canonical(request)
-        )
-        if not same:
-            raise IdempotencyConflict(f"Idempotency-Key '{key}' was used for job {row['id']} with a different "
-                                      "model, version or request body; send a new key for a new job")  # fmt: skip
-        return row["id"]
+        return None if row is None else check_same_request(row, model, version, request, key)
 
     @_locked
     def claim(self) -> dict[str, Any] | None:
@@ -198,17 +203,7 @@ class JobStore:
         row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             return None
-        keys = ("id", "model", "version", "status", "created", "started", "finished", "attempts", "crashes")
-        out = {k: row[k] for k in keys}
-        if row["idempotency_key"] is not None:
-            out["idempotency_key"] = row["idempotency_key"]
-        if row["status"] == "succeeded":
-            out["result"] = json.loads(row["result"])
-        if row["error"] is not None:
-            out["error"] = row["error"]
-        if with_request:
-            out["request"] = json.loads(row["request"])
-        return out
+        return job_view(row, with_request)
 
     @_locked
     def counts(self) -> dict[str, int]:
@@ -216,11 +211,43 @@ class JobStore:
         return {s: 0 for s in STATES} | {r["status"]: r["n"] for r in rows}
 
 
-def _canonical(request: dict[str, Any]) -> str:
-    return json.dumps(request, sort_keys=True)
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2")  # the last: SQLAlchemy's spelling
 
 
-def open_job_store(where: str | Path, lease_s: float = 15.0) -> JobStore:
-    """The job store at ``where``: a SQLite file (one server process). ``lease_s`` is for stores shared by
-    replicas, where a replica silent that long has its running jobs taken over."""
-    return JobStore(where)
+def open_job_store(where: str | Path, lease_s: float = 15.0) -> JobStore | PostgresJobStore:
+    """The job store at ``where``: a SQLite file (one server process), or a ``postgresql://`` (``postgres://``)
+    URL: :class:`~deepseek.serve.jobs_pg.PostgresJobStore`, shared by replicas, where a replica silent for
+    ``lease_s`` seconds has its running jobs taken over. A database that cannot be reached is a one-line
+    ``ValueError`` naming the URL without its password."""
+    scheme = str(where).split("://", 1)[0].lower() if "://" in str(where) else ""
+    if scheme not in POSTGRES_SCHEMES:
+        return JobStore(where)
+    url = "postgresql://" + str(where).split("://", 1)[1]
+    try:
+        import psycopg2
+
+        from deepseek.serve.jobs_pg import PostgresJobStore
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"jobs database {redact_url(url)}: PostgreSQL needs {exc.name}: "
+                         "pip install 'deepseek-framework[postgres]'") from None  # fmt: skip
+    try:
+        return PostgresJobStore(url, lease_s)
+    except psycopg2.Error as exc:
+        message = " ".join(str(exc).split())  # libpq's messages span lines
+        parts = urlsplit(url)
+        for password in [parts.password, *(v for k, v in parse_qsl(parts.query) if k == "password")]:
+            if password:  # libpq does not echo it today; a later version must not leak it through this message
+                message = message.replace(password, "***")
+        raise ValueError(f"cannot open the PostgreSQL job store {redact_url(url)}: {message}") from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) shown as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = "&".join(f"{k}=***" if k == "password" else f"{k}={v}" if v else k
+                     for k, v in parse_qsl(parts.query, keep_blank_values=True))  # fmt: skip
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

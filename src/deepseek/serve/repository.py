@@ -65,6 +65,7 @@ class Entry(BaseModel):
     max_queue: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0)
     max_job_attempts: int | None = Field(None, ge=1)  # jobs that crashed the server this often fail
+    continuous_batching: bool | None = None  # decoders: streams share one running batch (default on)
 
 
 class Manifest(BaseModel):
@@ -184,7 +185,7 @@ def load_entry(e: Entry, root: Path, *, trust_code: bool = False) -> ServedModel
         m.spec.tensors = spec_from_json(e.inputs, "inputs")
     m.labels = e.labels or m.labels
     m.spec.max_instances, m.max_new_tokens = e.max_instances, e.max_new_tokens
-    limits = ("max_batch_size", "max_delay_ms", "max_queue", "timeout_s", "max_job_attempts")
+    limits = ("max_batch_size", "max_delay_ms", "max_queue", "timeout_s", "max_job_attempts", "continuous_batching")
     m.settings = {k: v for k in limits if (v := getattr(e, k)) is not None}
     return m
 

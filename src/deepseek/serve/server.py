@@ -157,34 +157,52 @@ class Server:
     async def _job_worker(self) -> None:
         assert self.store is not None
         while not self.stopping:
-            job = await self.db("claim")
-            await self.update_job_gauge()
+            try:
+                job = await self.db("claim")
+                await self.update_job_gauge()
+            except Exception:  # the store is unreachable for now (a PostgreSQL restart): try again, never stop
+                log.exception("claiming a job failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
             if job is None:
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), 1.0)
                 continue
             try:
-                m, batcher = self.lookup(job["model"], job["version"])
-                req = job["request"]
-                samples, params = m.parse(req["instances"], req.get("parameters"))
-                while True:
-                    try:
-                        result = await self.infer(m, batcher, samples, params, req.get("timeout_s"), job["isolate"])
-                        break
-                    except HTTPProblem as exc:  # a full queue delays a job; it does not fail it
-                        if exc.status != 429 or (await self.db("get", job["id"]))["status"] == "cancelled":
-                            raise
-                        await asyncio.sleep(0.05)
-                await self.db("finish", job["id"], result=result)
-            except HTTPProblem as exc:
-                await self.db("finish", job["id"], error=f"{exc.status}: {exc.message}")
-            except SpecError as exc:
-                await self.db("finish", job["id"], error=f"422: {exc}")
-            except Exception as exc:  # a bad stored request must not stop the worker
-                log.exception("job %s failed", job["id"])
-                await self.db("finish", job["id"], error=f"500: {type(exc).__name__}: {exc}")
+                await self._run_job(job)
+            except Exception:  # the outcome could not be recorded (store unreachable): the job stays running,
+                # and a restart (SQLite) or another replica once the lease lapses (PostgreSQL) runs it again
+                log.exception("recording the outcome of job %s failed", job["id"])
             self.wake.set()  # a job that must run alone may be waiting for this one to end
+
+    async def _run_job(self, job: dict[str, Any]) -> None:
+        """Run one claimed job and record its outcome: a failure of the job is recorded as its error; only a
+        failure to record (the store unreachable) raises."""
+        result, error = None, None
+        try:
+            m, batcher = self.lookup(job["model"], job["version"])
+            req = job["request"]
+            samples, params = m.parse(req["instances"], req.get("parameters"))
+            while True:
+                try:
+                    result = await self.infer(m, batcher, samples, params, req.get("timeout_s"), job["isolate"])
+                    break
+                except HTTPProblem as exc:  # a full queue delays a job; it does not fail it
+                    if exc.status != 429 or (await self.db("get", job["id"]))["status"] == "cancelled":
+                        raise
+                    await asyncio.sleep(0.05)
+        except HTTPProblem as exc:
+            error = f"{exc.status}: {exc.message}"
+        except SpecError as exc:
+            error = f"422: {exc}"
+        except Exception as exc:  # a bad stored request must not stop the worker
+            log.exception("job %s failed", job["id"])
+            error = f"500: {type(exc).__name__}: {exc}"
+        if error is not None:
+            await self.db("finish", job["id"], error=error)
+        else:
+            await self.db("finish", job["id"], result=result)
 
     async def update_job_gauge(self) -> None:
         if self.store is not None:
