@@ -19,10 +19,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +155,25 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The SQLAlchemy URL of a fresh, empty database on the test server."""
     return postgres_server.url(postgres_server.create_database())
+
+
+def run_sql(url: str, query: str, *args: Any) -> list[tuple]:
+    """One statement on a connection of its own (a test's view of a table): its rows, if it returns any."""
+    import psycopg2
+
+    conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(query, args)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def poll(condition: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    """``condition()``'s first truthy value, polled until ``timeout_s`` (then the test fails)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)  # polling a state another process changes, not synchronising on time
+    return value

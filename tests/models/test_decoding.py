@@ -12,19 +12,13 @@ from deepseek.models.language import GPT2
 ATOL = 1e-4  # float32: a row's logits in the batch against its own forward
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards: two intra-op threads on a loaded 2-core machine spend 100x longer waiting than working."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model() -> GPT2:
     torch.manual_seed(0)
     return GPT2(vocab_size=101, max_positions=48, dim=64, depth=2, heads=2).eval()
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster
 
 
 def alone(model: GPT2, context: list[int]) -> torch.Tensor:

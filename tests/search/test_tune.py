@@ -10,7 +10,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 
 from deepseek.config import load_config
@@ -23,13 +22,7 @@ CONFIG = REPO / "configs" / "mlp_digits.yaml"
 TINY = ["train.max_epochs=2", "model.hidden=[32]", "logging.tensorboard=false", "logging.progress=off"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train many times faster on one thread than on several contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster
 
 
 def _write(path: Path, text: str) -> Path:

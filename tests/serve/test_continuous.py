@@ -20,13 +20,7 @@ from deepseek.serve.streams import continuous_decoder, token_events
 GREEDY = {"temperature": 0.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards: two intra-op threads on a loaded 2-core machine spend 100x longer waiting than working."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster
 
 
 def lm(cls: type[nn.Module] = GPT2) -> nn.Module:

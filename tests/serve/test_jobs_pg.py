@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,26 +28,6 @@ def req(i: int) -> dict[str, Any]:
     return {**REQUEST, "instances": [[i, 2]]}
 
 
-def sql(url: str, query: str, *args: Any) -> list[tuple]:
-    """Run one statement on its own connection (the tests' view of the table); rows when it returns any."""
-    import psycopg2
-
-    conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
-def poll(condition, timeout_s: float = 30.0, what: str = "condition") -> Any:
-    """``condition()``'s first truthy value, polled until ``timeout_s`` (then the test fails)."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 class Backend:
@@ -63,7 +42,7 @@ class Backend:
 
     def crash(self, store: Any) -> None:
         if self.kind == "postgres":  # a dead replica renews nothing: its leases run out
-            sql(self.where, "UPDATE deepseek_serve_jobs SET lease_until = clock_timestamp() - INTERVAL '1 second' "
+            postgres.run_sql(self.where, "UPDATE deepseek_serve_jobs SET lease_until = clock_timestamp() - INTERVAL '1 second' "
                 "WHERE owner=%s", store.owner)  # fmt: skip
         # SQLite: one process owns the file; the next store's recover() re-queues every running job
 
@@ -167,7 +146,7 @@ def test_two_stores_with_threads_claim_each_job_exactly_once(postgres_url: str):
         assert sorted(claimed) == sorted(ids)  # every job once: none lost, none twice
         assert {stores[1].get(i)["attempts"] for i in ids} == {1}
         assert stores[1].counts()["succeeded"] == 40
-        owners = Counter(owner for (owner,) in sql(postgres_url, "SELECT owner FROM deepseek_serve_jobs"))
+        owners = Counter(owner for (owner,) in postgres.run_sql(postgres_url, "SELECT owner FROM deepseek_serve_jobs"))
         assert set(owners) == {stores[0].owner, stores[1].owner}  # both claimed some
     finally:
         for store in stores:
@@ -184,10 +163,10 @@ def test_recover_and_claim_leave_a_live_replicas_job_alone(postgres_url: str):
             assert other.recover() == (0, 0) and other.claim() is None  # the heartbeat keeps the lease live
             job = other.get(job_id)
             assert (job["status"], job["attempts"]) == ("running", 1)
-            ((age,),) = sql(postgres_url, "SELECT EXTRACT(EPOCH FROM clock_timestamp()) - %s", job["started"])
+            ((age,),) = postgres.run_sql(postgres_url, "SELECT EXTRACT(EPOCH FROM clock_timestamp()) - %s", job["started"])
             return float(age) > 5 * live.lease_s
 
-        poll(outlived_its_lease_five_times, what="the job to run for 5 leases")
+        postgres.poll(outlived_its_lease_five_times, what="the job to run for 5 leases")
         assert live.finish(job_id, result=[[1]]) and other.get(job_id)["attempts"] == 1
     finally:
         live.close()
@@ -213,7 +192,7 @@ def test_a_killed_replicas_job_is_taken_over_once_its_lease_expires(postgres_url
         assert survivor.claim() is None  # its lease is live
         proc.kill()  # kill -9: no close(), no release; the lease runs out
         proc.wait(30)
-        job = poll(survivor.claim, what="the take-over of the killed replica's job")
+        job = postgres.poll(survivor.claim, what="the take-over of the killed replica's job")
         assert (job["id"], job["attempts"], job["isolate"], job["crashes"]) == (job_id, 2, True, 0)
         assert survivor.finish(job_id, result=[[3.0]]) and survivor.get(job_id)["status"] == "succeeded"
     finally:
@@ -227,7 +206,7 @@ def test_a_replica_that_lost_its_lease_cannot_finish_the_job(postgres_url: str):
         job_id = stale.submit("m", "1", REQUEST)
         assert stale.claim()["id"] == job_id
         # the stale replica paused longer than its lease (its heartbeat could not reach the database)
-        sql(postgres_url, "UPDATE deepseek_serve_jobs SET lease_until = clock_timestamp() - INTERVAL '1 second'")
+        postgres.run_sql(postgres_url, "UPDATE deepseek_serve_jobs SET lease_until = clock_timestamp() - INTERVAL '1 second'")
         rerun = fresh.claim()
         assert (rerun["id"], rerun["attempts"]) == (job_id, 2)
         assert stale.finish(job_id, result="stale") is False  # the rerun's owner holds it now

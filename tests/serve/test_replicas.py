@@ -5,10 +5,8 @@ rerun by the survivor (``attempts`` 2), no job lost, none run again while its re
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,26 +22,6 @@ SLOW_S = 6.0  # a slow job (probe: x[0] == -1 sleeps x[1] s) outlives several le
 TABLE = "deepseek_serve_jobs"
 
 
-def sql(url: str, query: str, *args: Any) -> list[tuple]:
-    """One statement on a connection of its own: the test reads the shared table directly."""
-    import psycopg2
-
-    conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
-def poll(condition, timeout_s: float, what: str) -> Any:
-    """``condition()``'s first truthy value, polled until ``timeout_s`` (then the test fails)."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def owner_pid(owner: str) -> int:
@@ -67,7 +45,7 @@ def test_every_job_ends_exactly_once_when_a_replica_is_killed_mid_job(model_dir:
 
         def claimed_by(job_id: str) -> int | None:
             """The pid of the replica running ``job_id`` (None while it is queued)."""
-            rows = sql(postgres_url, f"SELECT owner FROM {TABLE} WHERE id=%s AND status='running'", job_id)
+            rows = postgres.run_sql(postgres_url, f"SELECT owner FROM {TABLE} WHERE id=%s AND status='running'", job_id)
             return owner_pid(rows[0][0]) if rows else None
 
         # a slow job running on each replica: submit to the replica that holds none yet (a submit wakes its
@@ -76,7 +54,7 @@ def test_every_job_ends_exactly_once_when_a_replica_is_killed_mid_job(model_dir:
         for _ in range(4):
             target = next(i for i in (0, 1) if i not in slow_on)
             slow_id = submit(target, [[-1, SLOW_S, 0, 0]])
-            pid = poll(lambda j=slow_id: claimed_by(j), 60, "a replica to claim the slow job")
+            pid = postgres.poll(lambda j=slow_id: claimed_by(j), 60, "a replica to claim the slow job")
             slow_on.setdefault(by_pid[pid], slow_id)
             if len(slow_on) == 2:
                 break
@@ -85,25 +63,25 @@ def test_every_job_ends_exactly_once_when_a_replica_is_killed_mid_job(model_dir:
             submit(i % 2, [[i, 1, 1, 1], [i, 2, 2, 2]])
 
         def both_slow_jobs_outlived_two_leases() -> bool:  # on the database's clock, which the leases use
-            ages = sql(postgres_url, f"SELECT EXTRACT(EPOCH FROM clock_timestamp()) - started, attempts FROM {TABLE} "
+            ages = postgres.run_sql(postgres_url, f"SELECT EXTRACT(EPOCH FROM clock_timestamp()) - started, attempts FROM {TABLE} "
                        "WHERE id = ANY(%s) AND status='running'", list(slow_on.values()))  # fmt: skip
             assert len(ages) == 2 and all(attempts == 1 for _, attempts in ages), ages  # live leases: not taken over
             return all(float(age) > 2 * LEASE_S for age, _ in ages)
 
-        poll(both_slow_jobs_outlived_two_leases, 60, "the slow jobs to outlive two leases")
+        postgres.poll(both_slow_jobs_outlived_two_leases, 60, "the slow jobs to outlive two leases")
         victim, survivor = 0, 1
         replicas[victim].kill()  # SIGKILL, mid-job: no close(), its leases just stop being renewed
-        ((killed_at,),) = sql(postgres_url, "SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+        ((killed_at,),) = postgres.run_sql(postgres_url, "SELECT EXTRACT(EPOCH FROM clock_timestamp())")
         for i in range(4):  # accepted after the failover too
             submit(survivor, [[100 + i, 0, 0, 0]])
 
         def all_final() -> bool:
             return all(clients[survivor].job(j)["status"] in ("succeeded", "failed", "cancelled") for j in expected)
 
-        poll(all_final, 120, "every job to end")
+        postgres.poll(all_final, 120, "every job to end")
         took_over = replicas[survivor].wait_for_output("whose replica's lease expired", 30)
         assert took_over, replicas[survivor].output_tail()
-        rows = sql(postgres_url, f"SELECT id, status, result, attempts, isolate, owner, finished FROM {TABLE} "
+        rows = postgres.run_sql(postgres_url, f"SELECT id, status, result, attempts, isolate, owner, finished FROM {TABLE} "
                    "ORDER BY created")  # fmt: skip
         for job_id, status, _, attempts, isolate, owner, _ in rows:  # shown with -s: the docs quote a run
             print(f"{job_id[:8]} {status} attempts={attempts} isolate={isolate} pid={owner_pid(owner)}")
