@@ -63,3 +63,30 @@ def one_rank_group():
         yield DistInfo(0, 0, 1, torch.device("cpu"))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models and forwards: on a loaded 2-core machine two intra-op threads spend longer waiting than
+    working. ``pytestmark = pytest.mark.usefixtures("one_torch_thread")`` in a module turns it on."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# Tests that share an expensive session fixture stay on one pytest-xdist worker (``-n 2 --dist loadgroup``, the
+# README's test command), so the fixture is built once: tests/serve's model directory (a trained CNN, its ONNX
+# export and a gpt2) takes about 15 s. Without xdist the marker does nothing.
+SHARED_FIXTURE_GROUPS = {"serve": "serve"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(tests_dir).parts
+        group = SHARED_FIXTURE_GROUPS.get(parts[0]) if len(parts) > 1 else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

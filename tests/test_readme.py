@@ -178,10 +178,11 @@ def test_every_readme_block_runs_as_written(tmp_path: Path) -> None:
            "PYTHONUNBUFFERED": "1"}  # fmt: skip
     port = str(_free_port())
     servers = Servers()
+    started = time.monotonic()
     try:
         for page, block in ((p, b) for p in doc_pages() for b in readme_blocks(p.read_text())):
             where = f"{page.relative_to(REPO)} line {block.line}"
-            print(f"{where}: {block.lang}", flush=True)  # with -s: where the time goes
+            print(f"{time.monotonic() - started:7.1f} s  {where}: {block.lang}", flush=True)  # -s: where time goes
             code = block.code.replace("8080", port)
             if block.marker and block.marker[0] == "file":
                 (tmp_path / block.marker[1]).write_text(code)
