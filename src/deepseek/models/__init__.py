@@ -15,6 +15,7 @@ import torch.nn as nn
 import yaml
 
 from deepseek.models import basic, language, mobile, pretrained, sequence, speech, structured, vision  # noqa: F401
+from deepseek.models.onnx_import import from_onnx
 from deepseek.models.weights import load_pretrained
 from deepseek.registry import models as registry
 
@@ -59,4 +60,4 @@ def list_models() -> list[str]:
     return registry.names()
 
 
-__all__ = ["build", "list_models", "parameter_count", "registry", "template", "template_kwargs"]
+__all__ = ["build", "from_onnx", "list_models", "parameter_count", "registry", "template", "template_kwargs"]
