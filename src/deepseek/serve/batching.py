@@ -37,7 +37,8 @@ class _Request:
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.key = json.dumps(self.params, sort_keys=True)  # only requests with equal parameters share a batch
+        # only requests with equal parameters share a batch (most have none: skip the encoding)
+        self.key = json.dumps(self.params, sort_keys=True) if self.params else ""
 
 
 class Batcher:
@@ -80,11 +81,17 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     async def _next(self, timeout: float | None) -> _Request | None:
+        """The carried-over or next queued request; waits up to ``timeout`` s (None: for ever) only when none is
+        queued, so a batch whose time is up still takes every request already queued (up to its size)."""
         if self._carry is not None:
             request, self._carry = self._carry, None
             return request
+        if not self._queue.empty():  # no task and no timer for what is there already
+            return self._queue.get_nowait()
         if timeout is None:
             return await self._queue.get()
+        if timeout <= 0:
+            return None
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:

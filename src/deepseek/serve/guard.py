@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from deepseek.serve.metrics import ServeMetrics
@@ -19,8 +20,10 @@ OPEN_PREFIXES = ("/docs/assets/",)  # the docs pages' JavaScript and CSS (deepse
 
 
 class Guard:
-    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int, metrics: ServeMetrics) -> None:
-        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body_bytes, metrics
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int, metrics: ServeMetrics,
+                 fast: Callable[[dict, bytes, Any], Awaitable[bool]] | None = None) -> None:  # fmt: skip
+        """``fast(scope, body, send)``: answers a request it recognises (True) before ``app`` would."""
+        self.app, self.api_key, self.max_body, self.metrics, self.fast = app, api_key, max_body_bytes, metrics, fast
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -51,6 +54,8 @@ class Guard:
                 # would refuse with a confusing "valid dictionary" error. Parse it as what it must be.
                 rest = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-type"]
                 scope = {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
+        else:
+            body = None
         status = 500
 
         async def send_and_count(message: dict) -> None:
@@ -60,7 +65,8 @@ class Guard:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_count)
+            if body is None or self.fast is None or not await self.fast(scope, body, send_and_count):
+                await self.app(scope, receive, send_and_count)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             # an unknown name is not a label: a scan of made-up names must not grow the metrics without bound

@@ -99,13 +99,11 @@ class ServedModel:
         outputs = self._forward(batch)
         if self.labels and outputs.ndim == 2 and outputs.shape[1] == len(self.labels):
             probs = outputs.float().softmax(-1)
+            # one argmax and one tolist for the batch: per-row tensor ops cost more than the rest of this loop
+            labels, rows = self.labels, probs.tolist()
             return [
-                {
-                    "label": self.labels[int(p.argmax())],
-                    "index": int(p.argmax()),
-                    "scores": [round(v, 6) for v in p.tolist()],
-                }
-                for p in probs
+                {"label": labels[i], "index": i, "scores": [round(v, 6) for v in row]}
+                for i, row in zip(probs.argmax(-1).tolist(), rows)
             ]
         return outputs.float().tolist() if outputs.is_floating_point() else outputs.tolist()
 
