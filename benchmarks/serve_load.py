@@ -494,9 +494,10 @@ def main() -> None:
 
     quiet_third_party_noise()  # torchao's "Failed to load ..." lines (transformers imports it) are not results
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--requests", type=int, default=256, help="requests per run at concurrency 8 and 32")
+    p.add_argument("--requests", type=int, default=None, help="requests per run at concurrency 8 and 32 (default 256; "
+                   "64 with --quick)")  # fmt: skip
     p.add_argument("--streams", type=int, default=20, help="streams timed for the first event")
-    p.add_argument("--quick", action="store_true", help="64 requests, 5 streams (a smoke run)")
+    p.add_argument("--quick", action="store_true", help="64 requests (unless --requests says), 5 streams: a smoke run")
     p.add_argument("--servers", default=",".join(SERVERS), help=f"which to run, comma-separated: {','.join(SERVERS)}")
     p.add_argument("--serve-src", metavar="DIR", help="run deepseek-serve from this src/ folder instead (another "
                    "checkout, e.g. `git archive HEAD src`: before/after a change under the same conditions)")  # fmt: skip
@@ -511,7 +512,8 @@ def main() -> None:
     if not args.servers or set(args.servers) - set(SERVERS):
         p.error(f"--servers: {','.join(args.servers)!r} is not allowed; choose from {','.join(SERVERS)}")
     if args.quick:
-        args.requests, args.streams = 64, 5
+        args.streams = 5
+    args.requests = args.requests or (64 if args.quick else 256)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     import torch
 
