@@ -485,8 +485,11 @@ def report(rows: list[dict], alone: dict[int, list[float]], first: list[float]) 
     print(f"errors across deepseek-serve runs: {errors} (target 0: {'met' if errors == 0 else 'missed'})")
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally that stops the servers (`timeout` sends SIGTERM)
+def _exit_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM (``timeout``) and SIGINT (Ctrl-C) unwind through the finally that stops the servers. SIGINT gets this
+    handler too, not asyncio.run's: that one cancels the running task, and Python 3.11's ``asyncio.wait_for`` can
+    swallow such a cancel, so a Ctrl-C was lost and the run went on (seen in CI)."""
+    raise SystemExit(128 + signum)
 
 
 def main() -> None:
@@ -514,7 +517,8 @@ def main() -> None:
     if args.quick:
         args.streams = 5
     args.requests = args.requests or (64 if args.quick else 256)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; "
