@@ -19,6 +19,8 @@ from deepseek.serve.jobs import IdempotencyConflict, JobStore, open_job_store
 from tests import postgres, process_tree
 
 postgres_server, postgres_url = postgres.postgres_server, postgres.postgres_url  # the fixtures, for this module
+# a PostgreSQL server started for the module and lease periods waited out: about 15 s, out of the fast lane
+pytestmark = pytest.mark.slow
 
 REQUEST = {"instances": [[1, 2]], "parameters": {}, "timeout_s": None}
 NO_BEAT_S = 600.0  # a lease so long that no heartbeat fires during a test: a "crash" is then an expired lease
