@@ -8,7 +8,8 @@
 #                the GPU), fp16-mixed with the GradScaler and bf16-mixed in the Trainer, ds.jit on CUDA,
 #                each rank's device binding, the fsdp stages (and meta init) on NCCL at world 1, gpt2's
 #                tensor-parallel plan on a one-rank NCCL mesh and the pipeline strategy at world 1 (issue 16),
-#                the DDP communication hooks (none, fp16, bf16, PowerSGD) on CUDA over NCCL (issue 18)
+#                the DDP communication hooks (none, fp16, bf16, PowerSGD) on CUDA over NCCL (issue 18),
+#                LeNet-5's TensorRT engine in fp32 and fp16 (issue 22; skipped unless torch-tensorrt is installed)
 #   memory       benchmarks/memory.py --device cuda: checkpointing's saving on the CUDA allocator's peak
 #   serve load   benchmarks/serve_load.py --quick: the batching benchmark (deepseek-serve runs its models on
 #                the CPU today; the row records the run on the GPU machine, not a GPU-served model)
