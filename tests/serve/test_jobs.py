@@ -254,3 +254,16 @@ def test_shutdown_ends_even_when_wait_for_swallows_the_cancel(tmp_path, monkeypa
     stopper.start()
     stopper.join(30)
     assert not stopper.is_alive(), "the app did not shut down: a job worker ignored its cancellation"
+
+
+def test_an_idempotency_key_matches_the_same_numbers_sent_as_json_floats_or_protobuf_values(tmp_path):
+    # REST's JSON keeps 1 and 1.0 apart; gRPC's google.protobuf.Value holds every number as a double, read back
+    # as an int when whole. A retry of one request over the other transport is still the same request.
+    store = JobStore(tmp_path / "jobs.db")
+    rest = {"instances": [[1.0, 2.5, 0.0]], "parameters": {"top_k": 3}}
+    grpc = {"instances": [[1, 2.5, 0]], "parameters": {"top_k": 3.0}}
+    first, made = store.submit_once("m", "1", rest, "k")
+    again, made_again = store.submit_once("m", "1", grpc, "k")
+    assert (made, made_again, again) == (True, False, first)
+    with pytest.raises(ValueError, match="different"):  # a different value is still a different request
+        store.submit_once("m", "1", {"instances": [[1, 2.5, 0.5]], "parameters": {"top_k": 3}}, "k")

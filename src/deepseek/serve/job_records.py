@@ -20,8 +20,21 @@ class IdempotencyConflict(ValueError):
 
 
 def canonical_request(request: dict[str, Any]) -> str:
-    """The request as compared for an ``Idempotency-Key``: JSON with sorted keys."""
-    return json.dumps(request, sort_keys=True)
+    """The request as compared for an ``Idempotency-Key``: JSON with sorted keys, whole numbers as integers.
+
+    gRPC's ``google.protobuf.Value`` carries every number as a double (read back as an int when whole) where REST's
+    JSON keeps ``1.0``: a retry of one request over the other transport must still be the same request."""
+    return json.dumps(_whole_as_int(request), sort_keys=True)
+
+
+def _whole_as_int(x: Any) -> Any:
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if isinstance(x, dict):
+        return {k: _whole_as_int(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_whole_as_int(v) for v in x]
+    return x
 
 
 def check_same_request(row: Mapping[str, Any], model: str, version: str | None, request: dict[str, Any],
