@@ -14,7 +14,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 import torch
 
 import deepseek as ds
-from deepseek.export import onnx_session, run_onnx
+from deepseek.export import export_onnx, onnx_session, run_onnx
 from tests.conftest import REPO
 
 needs_onnx2torch = pytest.mark.skipif(
@@ -76,15 +75,14 @@ def test_converted_keras_model_fine_tunes_in_trainer_and_exports_again(tmp_path)
     losses = _train_losses(model, [batch] * 6, tmp_path / "run", lr=1e-2)
     assert len(losses) == 6 and losses[-1] < 0.5 * losses[0] and losses == sorted(losses, reverse=True), losses
 
-    # deepseek.export.export_onnx (torch.export) cannot trace onnx2torch's modules (its Reshape branches on the
-    # shape tensor's values), so the graph goes back through torch's TorchScript exporter, which onnx2torch targets
+    # torch.export cannot trace onnx2torch's modules (its Reshape branches on the shape tensor's values), so
+    # deepseek's exporter falls back to torch's TorchScript exporter, which onnx2torch targets, and says so
     model.eval()
     x = _digits_channels_last(32, 1)[0][0]
     path = tmp_path / "finetuned.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings on onnx2torch's shape code
-        torch.onnx.export(model, (x[:4],), str(path), dynamo=False, opset_version=17, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}})  # fmt: skip
+    with pytest.warns(UserWarning, match="TorchScript exporter"):
+        export_onnx(model, (x[:4],), path, input_names=["image"], output_names=["logits"],
+                    dynamic={"image": {0: "batch"}})  # fmt: skip
     got = run_onnx(onnx_session(path), [x])[0]  # another batch size than the traced one
     with torch.no_grad():
         want = model(x).numpy()

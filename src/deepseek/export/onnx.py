@@ -83,6 +83,7 @@ def export_onnx(
     names = list(input_names or ([f"input_{i}" for i in range(len(inputs))] if len(inputs) > 1 else ["input"]))
     model = model.eval()
     kwargs: dict[str, Any] = {"opset_version": opset} if opset is not None else {}
+    shapes = _dynamic_shapes(model, names, dynamic)  # a wrong name is the caller's error, not a reason to fall back
     progress = io.StringIO()  # the exporter prints its progress; show it only if it fails
     quiet = logging.getLogger("torch.onnx")  # and logs a warning per missing torchvision op
     level, quiet.level = quiet.level, logging.ERROR
@@ -91,12 +92,18 @@ def export_onnx(
             warnings.simplefilter("ignore")  # the exporter's own deprecation notices
             torch.onnx.export(
                 model, tuple(inputs), str(path), dynamo=True, input_names=names, output_names=list(output_names),
-                dynamic_shapes=_dynamic_shapes(model, names, dynamic), verbose=False, external_data=external,
+                dynamic_shapes=shapes, verbose=False, external_data=external,
                 **kwargs,
             )  # fmt: skip
-    except Exception:
-        print(progress.getvalue(), end="")
-        raise
+    except Exception as err:
+        if not _torchscript_export(model, inputs, path, names, output_names, dynamic, opset):
+            print(progress.getvalue(), end="")
+            raise
+        warnings.warn(
+            f"{path}: torch.export could not trace this model ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160]}); exported with torch's TorchScript exporter instead",
+            stacklevel=2,
+        )
     finally:
         quiet.level = level
     if external:
@@ -106,6 +113,22 @@ def export_onnx(
             stacklevel=2,
         )
     return path
+
+
+def _torchscript_export(model: nn.Module, inputs: Sequence[torch.Tensor], path: Path, names: list[str],
+                        output_names: Sequence[str], dynamic: dict[str, dict[int, str]] | None,
+                        opset: int | None) -> bool:  # fmt: skip
+    """The fallback for a graph torch.export cannot trace, e.g. one that branches on a tensor's values (onnx2torch's
+    Reshape, so ``ds.models.from_onnx`` models): torch's tracing exporter. Opset 17 by default, which onnx2torch reads
+    back (it has no converters for opset 19's Reshape/Shape/Cast). False when it fails too."""
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # its tracer warnings on shape arithmetic
+            torch.onnx.export(model, tuple(inputs), str(path), dynamo=False, opset_version=opset or 17,
+                              input_names=names, output_names=list(output_names), dynamic_axes=dynamic or None)  # fmt: skip
+    except Exception:  # noqa: BLE001 - the caller raises torch.export's error, the one worth reading
+        return False
+    return True
 
 
 # ONNX files are protobufs, which cannot exceed 2 GiB; leave room for the graph itself.
