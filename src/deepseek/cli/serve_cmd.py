@@ -99,7 +99,7 @@ def check_grpc_port(grpc_port: int, http_port: int) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_dir", "--model-dir", dest="model_dir", required=True,
-                   help="a run directory, a folder of runs/.onnx/.pt2 files, or one with serve.yaml")  # fmt: skip
+                   help="a run directory, a folder of runs/.onnx/.pt2 files/OpenVINO .xml IRs, or one with serve.yaml")  # fmt: skip
     p.add_argument("--trust-code", action="store_true",
                    help="import the Python code (module:Class import paths) that the directory's config.yaml or "
                    "serve.yaml names: it runs with your permissions; without it only registered names load")  # fmt: skip

@@ -29,7 +29,7 @@ class ServedModel:
     module: nn.Module
     spec: InputSpec
     source: str
-    backend: str = "torch"  # torch | onnxruntime | torch.export
+    backend: str = "torch"  # torch | onnxruntime | torch.export | openvino
     labels: list[str] | None = None
     tokenizer: Any = None  # a ``tokenizers.Tokenizer`` for text in and out of a decoder
     fixed_batch: int | None = None  # an ONNX graph exported for one batch size: pad and split to it

@@ -5,8 +5,11 @@ A model directory is one of:
 - a run directory written by ``deepseek train`` (``config.yaml`` + ``final/model.safetensors``): its
   model is served as ``default`` and under the run's name, version ``1``; ONNX files beside it
   (``model.onnx``, ``model.int8.onnx`` from ``deepseek export --quantize int8``) are further versions
-  (``onnx``, ``int8``) with the same pre/post-processing;
-- a folder of such run directories, ``.onnx`` files and ``.pt2`` programs, each served under its name;
+  (``onnx``, ``int8``) with the same pre/post-processing, and so are OpenVINO IRs beside it
+  (``model.openvino.xml``, ``model.int8.openvino.xml`` from ``deepseek export --format openvino``, each
+  with its ``.bin``: versions ``openvino``, ``int8-openvino``);
+- a folder of such run directories, ``.onnx`` files, ``.pt2`` programs and OpenVINO IRs (``.xml`` + ``.bin``),
+  each served under its file name;
 - a folder with a ``serve.yaml`` manifest naming each model, its version, and what the files cannot
   tell: input spec, label names, tokenizer, batching limits (see :class:`Entry`).
 
@@ -96,11 +99,11 @@ def _discover(root: Path, trust_code: bool) -> list[ServedModel]:
     for child in sorted(root.iterdir()):
         if child.is_dir() and is_run_dir(child):
             found += load_run_versions(child, [_safe(child.name)], trust_code=trust_code)
-        elif child.suffix in (".onnx", ".pt2") and child.is_file():
+        elif (child.suffix in (".onnx", ".pt2") or is_openvino_ir(child)) and child.is_file():
             found.append(load_file(child, _safe(child.name.removesuffix(child.suffix)), "1"))
     if not found:
         raise ModelDirError(f"--model_dir '{root}': no {MANIFEST}, run directory (config.yaml + final/model.safetensors), "
-                            ".onnx or .pt2 file in it")  # fmt: skip
+                            ".onnx, .pt2 or OpenVINO .xml file in it")  # fmt: skip
     return found
 
 
@@ -190,13 +193,23 @@ def load_entry(e: Entry, root: Path, *, trust_code: bool = False) -> ServedModel
     return m
 
 
+def is_openvino_ir(path: Path) -> bool:
+    """An OpenVINO IR: an ``.xml`` graph with its ``.bin`` weights beside it."""
+    return path.suffix == ".xml" and path.with_suffix(".bin").is_file()
+
+
 def load_run_versions(run_dir: Path, names: list[str], *, trust_code: bool = False) -> list[ServedModel]:
-    """The run's torch model as version ``1``, and each ONNX file beside it as a version of its own."""
+    """The run's torch model as version ``1``, and each ONNX file and OpenVINO IR beside it as a version of
+    its own (the first listed, ``1``, answers requests that name no version)."""
     base = load_run(run_dir, names[0], "1", trust_code=trust_code)
     variants = [base]
     for onnx in sorted(run_dir.glob("*.onnx")):
         label = _safe(onnx.name.removesuffix(".onnx").removeprefix("model.").replace("model", "onnx"))
         variants.append(_onnx_like(base, onnx, label))
+    for ir in sorted(p for p in run_dir.glob("*.xml") if is_openvino_ir(p)):
+        # model.openvino.xml -> openvino, model.int8.openvino.xml -> int8-openvino, other.xml -> other-openvino
+        core = ir.name.removesuffix(".xml").removesuffix(".openvino").removeprefix("model").lstrip(".")
+        variants.append(_onnx_like(base, ir, _safe(f"{core}-openvino" if core else "openvino")))
     out = []
     for name in names:
         for v in variants:
@@ -238,7 +251,8 @@ def _spec_from_one_sample(run_dir: Path, cfg: Any, prep: Any) -> dict[str, Any]:
 
 
 def load_file(path: Path, name: str, version: str) -> ServedModel:
-    """An ``.onnx`` file (ONNX Runtime) or a ``.pt2`` program; the spec comes from the graph's inputs."""
+    """An ``.onnx`` file (ONNX Runtime), a ``.pt2`` program or an OpenVINO IR ``.xml`` (OpenVINO's CPU plugin,
+    fp32 inference); the spec comes from the graph's inputs."""
     if path.suffix == ".onnx":
         from deepseek.export import OnnxModule
 
@@ -267,13 +281,30 @@ def load_file(path: Path, name: str, version: str) -> ServedModel:
         return ServedModel(
             name, version, program.module(), InputSpec(tensors), str(path), "torch.export", fixed_batch=fixed
         )
-    raise ValueError(f"'{path.name}': serve a run directory, an .onnx file or a .pt2 program")
+    if is_openvino_ir(path):
+        return _load_openvino(path, name, version)
+    raise ValueError(f"'{path.name}': serve a run directory, an .onnx file, a .pt2 program or an OpenVINO .xml IR "
+                     "(with its .bin)")  # fmt: skip
+
+
+def _load_openvino(path: Path, name: str, version: str) -> ServedModel:
+    try:
+        from deepseek.export.openvino import OpenVINOModule
+
+        module = OpenVINOModule(path)
+    except ImportError as exc:
+        raise ModelDirError(f"'{path.name}': {exc}") from None
+    ports = module.compiled.inputs
+    shapes = {p.get_any_name(): [d.get_length() if d.is_static else None for d in p.get_partial_shape()] for p in ports}
+    tensors = {n: TensorSpec(s[1:], str(p.get_element_type().to_dtype())) for (n, s), p in zip(shapes.items(), ports)}
+    first = next(iter(shapes.values()))[0] if shapes else None
+    return ServedModel(name, version, module, InputSpec(tensors), str(path), "openvino", fixed_batch=first)
 
 
 def _onnx_like(base: ServedModel, path: Path, version: str) -> ServedModel:
-    """An ONNX file of a run: the run's spec and labels, ONNX Runtime's session."""
+    """An ONNX file or OpenVINO IR of a run: the run's spec and labels, the runtime's session."""
     m = load_file(path, base.name, version)
-    return ServedModel(base.name, version, m.module, base.spec, str(path), "onnxruntime", base.labels,
+    return ServedModel(base.name, version, m.module, base.spec, str(path), m.backend, base.labels,
                        fixed_batch=m.fixed_batch)  # fmt: skip
 
 
