@@ -60,3 +60,30 @@ def int8_verdict(rows: list[dict], key: str = "accuracy", budget: float = 0.01) 
         f"INT8 targets: size <= 0.30x: {smallest:.2f}x ({met(smallest <= 0.30)}); speed >= 1.5x: {best['speedup']:.2f}x "
         f"through {best['backend']} ({met(best['speedup'] >= 1.5)}); {quality} ({met(bool(ok))})"
     )
+
+
+def deploy_verdict(rows: list[dict], model: str) -> str:
+    """Issue 22's OpenVINO targets on this machine. ``model="minilm"``: OpenVINO INT8 >= 5x fp32 eager with
+    cosine >= 0.99 and OpenVINO fp32 >= 4x; ``model="cnn"``: OpenVINO at least as fast as ONNX Runtime at
+    each level (fp32: ``openvino`` vs ``onnxruntime``; int8: ``openvino nncf`` vs ``onnxruntime dynamic``)."""
+    got = {(r["level"], r["backend"]): r for r in rows if "error" not in r}
+    met = lambda c: "met" if c else "missed"  # noqa: E731
+    fp32, int8 = got.get(("fp32", "openvino")), got.get(("int8", "openvino nncf"))
+    if model == "minilm":
+        parts = [
+            f"fp32 >= 4x: {fp32['speedup']:.2f}x ({met(fp32['speedup'] >= 4)})" if fp32 else "fp32: no row ran",
+            f"INT8 >= 5x with cosine >= 0.99: {int8['speedup']:.2f}x, cosine {int8['cosine']:.4f} "
+            f"({met(int8['speedup'] >= 5 and int8['cosine'] >= 0.99)})"
+            if int8
+            else "INT8: no row ran",
+        ]
+        return "OpenVINO targets: " + "; ".join(parts)
+    parts = []
+    for level, ours, theirs in (("fp32", fp32, "onnxruntime"), ("int8", int8, "onnxruntime dynamic")):
+        ort = got.get((level, theirs))
+        if ours is None or ort is None:
+            parts.append(f"{level}: a row did not run")
+            continue
+        parts.append(f"{level} {ours['latency_ms']:.3f} ms vs ORT {ort['latency_ms']:.3f} ms "
+                     f"({met(ours['latency_ms'] <= ort['latency_ms'])})")  # fmt: skip
+    return "OpenVINO vs ONNX Runtime (at least as fast): " + "; ".join(parts)

@@ -3,7 +3,9 @@
 Each model is trained here first (the quick-start config; LeNet-5 on the 5,000 bundled MNIST
 images), then ``deepseek.compress.report.compare`` measures every variant on the validation
 split in one run: accuracy, output cosine to fp32, size on disk, median latency of one batch and
-its ratio to fp32 eager. The last line checks the INT8 targets.
+its ratio to fp32 eager. Rows: torch, ONNX Runtime, OpenVINO, ExecuTorch, LiteRT
+(:mod:`deepseek.compress.targets`). The last lines check the INT8 targets and that OpenVINO is at least as
+fast as ONNX Runtime at each level.
 
     python benchmarks/compress_cnn.py [--epochs 3] [--repeats 30]
 """
@@ -22,7 +24,7 @@ from deepseek.compress.report import HEADER, compare
 from deepseek.data.bundled import mnist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import int8_verdict  # noqa: E402
+from common import deploy_verdict, int8_verdict  # noqa: E402
 
 LEVELS = ("fp32", "fp16", "int8", "int4")
 
@@ -57,6 +59,7 @@ def main() -> None:
         print(HEADER)
         rows = compare(model.eval(), val, LEVELS, calib, method="percentile", repeats=args.repeats)
         print(int8_verdict(rows))
+        print(deploy_verdict(rows, "cnn"))
 
 
 if __name__ == "__main__":

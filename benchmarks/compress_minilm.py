@@ -3,7 +3,9 @@
 The model is the package's sentence encoder: mean-pooled embeddings (N, 384) of the chatterbot
 topic texts, tokenized to 48 tokens as in ``configs/minilm_lora.yaml``. Quality is the cosine
 similarity of each variant's embeddings to fp32's on the validation texts (target >= 0.99);
-latency is one batch of 32. The last line checks the INT8 targets.
+latency is one batch of 32. Rows: torch, ONNX Runtime (plain and with its transformer fusions), OpenVINO,
+ExecuTorch, LiteRT (:mod:`deepseek.compress.targets`). The last lines check the INT8 targets and issue 22's
+OpenVINO targets (INT8 >= 5x fp32 eager with cosine >= 0.99, fp32 >= 4x).
 
     python benchmarks/compress_minilm.py [--batches 10] [--repeats 20]
 """
@@ -24,7 +26,7 @@ from deepseek.train.build import build_loaders, build_model
 from deepseek.train.distributed import DistInfo
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import int8_verdict  # noqa: E402
+from common import deploy_verdict, int8_verdict  # noqa: E402
 
 
 class Embedder(nn.Module):
@@ -52,6 +54,7 @@ def main() -> None:
     print(HEADER)
     rows = compare(model, batches, ("fp32", "fp16", "int8", "int4"), calib, repeats=args.repeats, task="embedding")
     print(int8_verdict(rows, key="cosine"))
+    print(deploy_verdict(rows, "minilm"))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def run_dir(tmp_path_factory):
 def test_compress_takes_the_final_directory(run_dir, tmp_path):
     pytest.importorskip("torchao")
     r = run_cli("compress", QUICKSTART, "--checkpoint", str(run_dir / "final"), "--levels", "fp32,fp16",
-                "--batches", "1", "--repeats", "1", "--out", str(tmp_path / "cmp"))  # fmt: skip
+                "--backends", "torch,onnxruntime", "--batches", "1", "--repeats", "1", "--out", str(tmp_path / "cmp"))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert {row["level"] for row in json.loads((tmp_path / "cmp" / "report.json").read_text())["rows"]} == {
         "fp32",

@@ -12,6 +12,7 @@ pytest.importorskip("torchao")
 
 import deepseek as ds  # noqa: E402
 from deepseek.compress import Int4Linear, Quantizer, clip_range, size_bytes  # noqa: E402
+from deepseek.compress.quantizer import openvino_installed  # noqa: E402
 from deepseek.data.datasets import digits  # noqa: E402
 
 
@@ -72,7 +73,9 @@ def test_document_001_config_and_auto_backend_report(trained):
     quantizer = Quantizer(model, act_quant="per_tensor", wt_quant="per_tensor", calib_data=calib, method="percentile")
     small = quantizer.compress()
     report = quantizer.report
-    assert report["backend"] in report["candidates"] and len(report["candidates"]) == 3  # pt2e, torchao, ORT
+    expected = {"pt2e static (percentile)", "torchao int8 weight-only", "onnxruntime dynamic"}
+    assert set(report["candidates"]) == expected | ({"openvino nncf"} if openvino_installed() else set())
+    assert report["backend"] in report["candidates"]
     chosen = report["candidates"][report["backend"]]
     assert chosen["rel_error"] <= 0.05 and chosen["speedup"] > 0
     assert _rel_error(small, model, x) < 0.05
@@ -136,6 +139,28 @@ def test_onnxruntime_backend_returns_a_callable_in_memory_model(trained, tmp_pat
     assert size_bytes(small) < 0.35 * size_bytes(model)
     path = small.save(tmp_path / "m.onnx")
     assert path.stat().st_size == size_bytes(small)
+
+
+def test_openvino_backend_quantizes_with_nncf_and_saves_the_ir(trained, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    model, calib, x, y = trained
+    small = Quantizer(model, calib_data=calib, backend="openvino").compress()
+    with torch.no_grad():
+        agree = float((small(x).argmax(1) == model(x).argmax(1)).float().mean())
+    assert agree >= 0.97 and _accuracy(small, x, y) >= _accuracy(model, x, y) - 0.02  # INT8: argmax agreement
+    assert size_bytes(small) < 0.35 * size_bytes(model)
+    path = small.save(tmp_path / "m.xml")
+    assert path.with_suffix(".bin").exists() and size_bytes(small) == small.size_bytes()
+    with pytest.raises(ValueError, match="backend='openvino' exports the model: pass calib_data or example_inputs"):
+        Quantizer(model, backend="openvino").compress()
+
+
+def test_unknown_backend_is_a_one_line_error_listing_the_allowed_ones():
+    with pytest.raises(
+        ValueError, match=r"^backend must be one of auto, pt2e, torchao, onnxruntime, openvino; got 'tvm'$"
+    ):
+        Quantizer(nn.Linear(2, 2), backend="tvm")
 
 
 @pytest.mark.parametrize("kwargs", [{"bit_width": 16}, {"bit_width": 4}, {"bit_width": 8, "backend": "torchao"}])

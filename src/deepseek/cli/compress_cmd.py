@@ -1,9 +1,11 @@
-"""``deepseek compress CONFIG --checkpoint CKPT --levels fp32,fp16,int8,int4``: the measured comparison.
+"""``deepseek compress CONFIG --checkpoint CKPT --levels fp32,fp16,int8,int4 [--backends torch,openvino]``.
 
-One table (terminal, ``report.json``, ``report.png``) of every level and backend on the config's
-validation data; with ``--max-accuracy-drop`` the smallest, then fastest, variant within that many
-points of fp32 is rebuilt and saved: ``model.onnx`` for ONNX Runtime rows, ``model.pt`` (a pickled
-module: ``torch.load(path, weights_only=False)``) or, for pt2e graphs, which do not pickle,
+One table (terminal, ``report.json``, ``report.png``) of every level and backend (``--backends``: the
+runtimes to measure, default all of torch, onnxruntime, openvino, executorch, litert) on the config's
+validation data; with ``--max-accuracy-drop`` the fastest of the smallest variants (sizes within 5%
+count as equal) within that many points of fp32 is rebuilt and saved: the runtime's own file for export
+targets (``model.onnx``, ``model.xml`` + ``model.bin`` for OpenVINO, ``model.pte``, ``model.tflite``),
+``model.pt`` (a pickled module: ``torch.load(path, weights_only=False)``) or, for pt2e graphs, which do not pickle,
 ``model.pt2`` (``import torchao.quantization.pt2e`` to register its int8 ops, then
 ``torch.export.load(path).module()``, and ``ds.jit`` it for the int8 kernels).
 """
@@ -21,7 +23,7 @@ from deepseek.cli.errors import UsageError
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from deepseek.compress.report import HEADER, LEVELS, compare, pick, save_report, variants
+    from deepseek.compress.report import HEADER, LEVELS, RUNTIMES, compare, pick, runtime_of, save_report, variants
     from deepseek.config import load_config
     from deepseek.train.build import build_loaders, build_model, load_trained_weights
     from deepseek.train.distributed import DistInfo
@@ -33,6 +35,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--levels {args.levels!r}: use fp32 plus any of {', '.join(LEVELS[1:])} (got {bad or levels})"
         )
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    unknown = [b for b in backends or [] if b not in RUNTIMES]
+    if unknown or backends == []:
+        raise UsageError(f"--backends {args.backends!r}: use any of {', '.join(RUNTIMES)} (got {unknown or backends})")
     if not Path(args.checkpoint).exists():
         raise UsageError(f"--checkpoint '{args.checkpoint}': no such file or directory")
     cfg = load_config(args.config, args.overrides)
@@ -42,7 +48,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise UsageError("the config's dataset has no validation split (data.val_fraction is 0?)")
     val_batches, calib = list(islice(val, args.batches)), [b[0] for b in islice(train, 8)]
     print(HEADER)
-    rows = compare(model, val_batches, levels, calib, method=args.method, repeats=args.repeats)
+    rows = compare(model, val_batches, levels, calib, method=args.method, repeats=args.repeats, backends=backends)
     chosen = pick(rows, args.max_accuracy_drop) if args.max_accuracy_drop is not None else None
     out = Path(args.out or Path(args.checkpoint).resolve().parent / "compress")
     save_report(rows, out, chosen)
@@ -55,20 +61,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
             build, _, _ = variants(model, chosen["level"], calib, val_batches[0][0], args.method, Path(tmp))[
                 chosen["backend"]
             ]
-            saved = _save(build(), out, val_batches[0][0])
+            saved = _save(build(), out, val_batches[0][0], runtime_of(chosen["backend"]))
         print(f"chosen: {chosen['level']} ({chosen['backend']}), {chosen['size_mb']:.3f} MB, "
               f"accuracy {chosen['accuracy']:.4f}, x{chosen['speedup']:.2f}: saved {saved}")  # fmt: skip
     return 0
 
 
-def _save(variant: Any, out: Path, example: Any) -> Path:
+def _save(variant: Any, out: Path, example: Any, runtime: str) -> Path:
     import torch
 
     from deepseek.compress.quantizer import batch_dynamic_shapes
+    from deepseek.compress.targets import ARTIFACT_NAMES
     from deepseek.jit_compile import unjit
 
-    if hasattr(variant, "session"):  # an ONNX Runtime row: the ONNX file is the artifact
-        return variant.save(out / "model.onnx")
+    if runtime in ARTIFACT_NAMES:  # an export target's row: its runtime's own file is the artifact
+        return variant.save(out / ARTIFACT_NAMES[runtime])
     try:
         torch.save(variant, out / "model.pt")
         return out / "model.pt"
@@ -86,6 +93,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint, a run directory, its final/ directory or a .safetensors file")  # fmt: skip
     p.add_argument("--levels", default="fp32,fp16,int8,int4", help="comma-separated (default fp32,fp16,int8,int4)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated runtimes to measure: torch,onnxruntime,openvino,executorch,litert "
+                        "(default all; fp32 torch eager, the baseline, always runs)")  # fmt: skip
     p.add_argument("--max-accuracy-drop", type=float, default=None, help="points of accuracy you can give up")
     p.add_argument("--method", default="percentile", choices=("minmax", "percentile", "mse", "kl"),
                    help="INT8 activation calibration (default percentile)")  # fmt: skip

@@ -19,10 +19,15 @@ Levels and the machinery under them:
 - ``backend="torchao"``: torchao's INT8 weight-only config (smaller, not faster on CPUs).
 - ``backend="onnxruntime"``: exported and quantized by ONNX Runtime (dynamic INT8, per-channel
   weights); the result is an ``OnnxModule`` (an ORT session called like a module; ``.save(path)``).
+- ``backend="openvino"``: exported to OpenVINO IR and quantized by NNCF post-training INT8, calibrated on
+  ``calib_data`` (needs it or ``example_inputs``; transformers get NNCF's transformer preset); the result is
+  an ``OpenVINOModule`` (``module(x)``, ``.save(path.xml)``; its files live in a temporary directory until
+  the module is garbage-collected, so keep it with ``.save``, not by pickling). Needs the ``openvino`` extra.
 - ``bit_width=4``: group-wise INT4 weight-only with packed storage (:mod:`deepseek.compress.int4`).
 - ``bit_width=2`` / ``1``: ternary / binary weights, experimental (:mod:`deepseek.compress.lowbit`).
 
-``backend="auto"`` (INT8) builds every candidate that applies, times each against fp32 eager on a
+``backend="auto"`` (INT8) builds every candidate that applies (OpenVINO among them when openvino and
+nncf are installed and inputs are known), times each against fp32 eager on a
 calibration batch, and keeps the fastest whose relative output error stays within
 ``max_rel_error``; ``quantizer.report`` holds what was measured.
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import importlib.util
 import io
 import statistics
 import sys
@@ -48,6 +54,8 @@ from deepseek.compress.calibration import METHODS, CalibrationObserver
 from deepseek.compress.int4 import quantize_int4
 from deepseek.compress.lowbit import quantize_lowbit
 from deepseek.jit_compile import jit
+
+BACKENDS = ("auto", "pt2e", "torchao", "onnxruntime", "openvino")
 
 
 class LowPrecision(nn.Module):
@@ -110,8 +118,8 @@ class Quantizer:
             raise ValueError(f"granularity (wt_quant) must be 'per_tensor' or 'per_channel'; got {granularity!r}")
         if act_quant != "per_tensor":
             raise ValueError(f"act_quant must be 'per_tensor' (activations have one scale); got {act_quant!r}")
-        if backend not in ("auto", "pt2e", "torchao", "onnxruntime"):
-            raise ValueError(f"backend must be 'auto', 'pt2e', 'torchao' or 'onnxruntime'; got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         if dtype not in ("fp16", "bf16"):
             raise ValueError(f"dtype (for bit_width=16) must be 'fp16' or 'bf16'; got {dtype!r}")
         self.model, self.method, self.bit_width, self.symmetric = model, method, bit_width, symmetric
@@ -154,12 +162,13 @@ class Quantizer:
     def _int8_candidates(self) -> dict[str, Any]:
         weight_only = {"torchao int8 weight-only": self._torchao_weight_only}
         onnx = {"onnxruntime dynamic": self._onnxruntime} if self.example is not None else {}
+        openvino = {"openvino nncf": self._openvino} if self.example is not None and openvino_installed() else {}
         if self.backend == "torchao":
             return weight_only
-        if self.backend == "onnxruntime":
-            if not onnx:
-                raise ValueError("backend='onnxruntime' exports the model: pass calib_data or example_inputs")
-            return onnx
+        if self.backend in ("onnxruntime", "openvino"):
+            if self.example is None:
+                raise ValueError(f"backend={self.backend!r} exports the model: pass calib_data or example_inputs")
+            return onnx if self.backend == "onnxruntime" else {"openvino nncf": self._openvino}
         if not self.calib:
             note = f"; method {self.method!r} needs calibration data" if self.method != "minmax" else ""
             print(
@@ -171,7 +180,7 @@ class Quantizer:
             found = {f"pt2e static ({self.method})": lambda: self._pt2e(dynamic=False)}
         if self.backend == "pt2e":
             return {k: v for k, v in found.items() if k.startswith("pt2e")} or found
-        return {**found, **weight_only, **onnx}
+        return {**found, **weight_only, **onnx, **openvino}
 
     def _pt2e(self, dynamic: bool) -> nn.Module:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
@@ -212,6 +221,15 @@ class Quantizer:
         with tempfile.TemporaryDirectory() as tmp:
             variant = onnx_variant(self.model, self.example, tmp, "int8")
             return OnnxModule(variant.path.read_bytes())
+
+    def _openvino(self) -> nn.Module:
+        """Exported to OpenVINO IR, NNCF INT8 calibrated on the calibration inputs (an ``OpenVINOModule``)."""
+        from deepseek.export.openvino import openvino_variant
+
+        workdir = tempfile.TemporaryDirectory(prefix="ds-openvino-")  # removed when the module is collected
+        variant = openvino_variant(self.model, self.example, workdir.name, "int8", calib=self.calib or [self.example])
+        variant.workdir = workdir  # the compiled model reads nothing back, but size_bytes() and save() do
+        return variant
 
     def _torchao_weight_only(self) -> nn.Module:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
@@ -256,6 +274,11 @@ class Quantizer:
         )
         self.report = {"level": "int8", "backend": pick, "fp32_ms": base_ms, "candidates": measured}
         return built[pick]
+
+
+def openvino_installed() -> bool:
+    """Whether OpenVINO INT8 can run here: openvino and nncf are importable (checked without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("openvino", "nncf"))
 
 
 @contextlib.contextmanager

@@ -1,16 +1,14 @@
 """The compression comparison: every level x backend measured on the user's own validation data.
 
-``compare(model, val_batches, levels=("fp32", "fp16", "int8", "int4"), calib_batches=...)`` builds
-each variant and measures, on the same batches: accuracy, the cosine similarity of its outputs to
-fp32's, its size on disk, and its median latency on one batch against fp32 eager. Rows:
+``compare(model, val_batches, levels=("fp32", "fp16", "int8", "int4"), calib_batches=..., backends=None)``
+builds each variant (the rows: :mod:`deepseek.compress.targets`: torch, ONNX Runtime, OpenVINO, ExecuTorch,
+LiteRT) and measures, on the same batches: accuracy, the cosine similarity of its outputs to fp32's, its size
+on disk, and its median latency on one batch against fp32 eager. A row that cannot be built or run here
+(a converter that rejects the model, a package not installed) stays in the table as ``failed: <one line>``.
 
-- fp32: torch eager; ONNX Runtime (exported, verified).
-- fp16 / bf16: torch (a cast copy).
-- int8: static pt2e (calibrated, inductor kernels); torchao weight-only; ONNX Runtime dynamic INT8.
-- int4: torch, packed group-wise weight-only; ONNX Runtime's MatMulNBits (4-bit blocks of 32).
-
-``pick(rows, max_accuracy_drop)`` then takes the smallest (then fastest) row whose accuracy is
-within the budget in points. ``save_report`` writes ``report.json`` and a PNG chart.
+``pick(rows, max_accuracy_drop)`` then takes, among the rows within the budget in points, the fastest of
+the smallest ones (sizes within 5% of the smallest count as equal). ``save_report`` writes ``report.json``
+and a PNG chart.
 """
 
 from __future__ import annotations
@@ -24,9 +22,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from deepseek.compress.quantizer import Quantizer, median_ms, size_bytes
+from deepseek.compress.quantizer import median_ms
+from deepseek.compress.targets import RUNTIMES, check_backends, runtime_of, variants
+
+__all__ = ["HEADER", "LEVELS", "RUNTIMES", "compare", "pick", "runtime_of", "save_report", "variants"]
 
 LEVELS = ("fp32", "fp16", "bf16", "int8", "int4")
+SIZE_TIE = 0.05  # pick(): sizes within 5% of the smallest count as equal (file formats differ by headers)
 
 
 def _tensors(inputs: Any) -> tuple[list[str], tuple[torch.Tensor, ...]]:
@@ -40,40 +42,6 @@ def _call(model: nn.Module, inputs: Any, positional: bool) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def variants(
-    model: nn.Module, level: str, calib: list[Any], example: Any, method: str, workdir: Path
-) -> dict[str, tuple[Callable[[], nn.Module], bool, Callable[[nn.Module], int]]]:
-    """``{backend: (build, takes positional tensors, size in bytes)}`` for one level."""
-    torch_size = size_bytes
-    if level == "fp32":
-        return {
-            "torch eager": (lambda: model, False, torch_size),
-            "onnxruntime": (lambda: _onnx(model, example, workdir, None), True, _onnx_size),
-        }
-    if level in ("fp16", "bf16"):
-        return {"torch": (lambda: Quantizer(model, bit_width=16, dtype=level).compress(), False, torch_size)}
-    if level == "int4":
-        return {
-            "torch (packed)": (lambda: Quantizer(model, bit_width=4).compress(), False, torch_size),
-            "onnxruntime MatMulNBits": (lambda: _onnx(model, example, workdir, "int4"), True, _onnx_size),
-        }
-    return {
-        f"pt2e static, {method}": (lambda: Quantizer(model, method, calib_data=calib, backend="pt2e").compress(), False, torch_size),
-        "torchao weight-only": (lambda: Quantizer(model, calib_data=calib, backend="torchao").compress(), False, torch_size),
-        "onnxruntime dynamic": (lambda: _onnx(model, example, workdir, "int8"), True, _onnx_size),
-    }  # fmt: skip
-
-
-def _onnx(model: nn.Module, example: Any, workdir: Path, quantize: str | None) -> nn.Module:
-    from deepseek.export import onnx_variant
-
-    return onnx_variant(model, example, workdir, quantize)
-
-
-def _onnx_size(module: nn.Module) -> int:
-    return module.size_bytes()
-
-
 @torch.no_grad()
 def compare(
     model: nn.Module,
@@ -84,13 +52,17 @@ def compare(
     repeats: int = 20,
     task: str = "classification",
     log: Callable[[str], None] = print,
+    backends: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per level and backend: accuracy, output cosine to fp32, size, latency, speed-up.
 
-    ``task="embedding"``: the outputs are embeddings (no accuracy; compare by cosine)."""
+    ``val_batches``: ``(inputs, labels)`` pairs, inputs a tensor (N, ...) or a dict of (N, L) tensors.
+    ``task="embedding"``: the outputs are embeddings (no accuracy; compare by cosine).
+    ``backends``: runtimes to measure, some of ``RUNTIMES`` (None = all); fp32 torch eager always runs."""
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown or not levels or levels[0] != "fp32":
         raise ValueError(f"levels must start with fp32, then any of {', '.join(LEVELS[1:])}; got {list(levels)}")
+    backends = check_backends(backends)
     model = model.eval()
     batches = [(b[0], b[1]) for b in val_batches]
     calib = list(calib_batches)[:8] if calib_batches else [x for x, _ in batches[:8]]
@@ -100,7 +72,8 @@ def compare(
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for level in levels:
-            for backend, (build, positional, size) in variants(model, level, calib, example, method, Path(tmp)).items():
+            rows_of_level = variants(model, level, calib, example, method, Path(tmp), backends)
+            for backend, (build, positional, size) in rows_of_level.items():
                 row: dict[str, Any] = {"level": level, "backend": backend}
                 try:
                     variant = build()
@@ -140,10 +113,19 @@ HEADER = f"{'level':<6}{'backend':<26}{'accuracy':>9}{'cosine':>9}{'size MB':>10
 
 
 def pick(rows: list[dict[str, Any]], max_accuracy_drop: float) -> dict[str, Any] | None:
-    """The smallest, then fastest, row within ``max_accuracy_drop`` points of fp32 eager's accuracy."""
+    """Among the rows within ``max_accuracy_drop`` points of fp32 eager's accuracy (its cosine, for
+    embeddings: within that many hundredths of 1.0), the fastest of the smallest: every row within 5%
+    (``SIZE_TIE``) of the smallest size counts as equally small, since the same weights in another file
+    format differ by headers and graph text. So where OpenVINO INT8 is about as small as the other INT8
+    rows and faster, it is picked."""
     base = next(r for r in rows if r["level"] == "fp32" and r["backend"] == "torch eager")
-    ok = [r for r in rows if "error" not in r and r["accuracy"] >= base["accuracy"] - max_accuracy_drop / 100]
-    return min(ok, key=lambda r: (round(r["size_mb"], 3), r["latency_ms"])) if ok else None
+    key = "accuracy" if base.get("accuracy") is not None else "cosine"
+    floor = base[key] - max_accuracy_drop / 100 if key == "accuracy" else 1.0 - max_accuracy_drop / 100
+    ok = [r for r in rows if "error" not in r and r[key] >= floor]
+    if not ok:
+        return None
+    smallest = min(r["size_mb"] for r in ok)
+    return min((r for r in ok if r["size_mb"] <= smallest * (1 + SIZE_TIE)), key=lambda r: r["latency_ms"])
 
 
 def save_report(rows: list[dict[str, Any]], out_dir: str | Path, chosen: dict[str, Any] | None = None) -> Path:
@@ -163,7 +145,7 @@ def save_report(rows: list[dict[str, Any]], out_dir: str | Path, chosen: dict[st
     ax1.set_ylabel("size on disk (MB)")
     for bar, r in zip(bars, good):
         ax1.annotate(
-            f"{r['accuracy']:.3f}",
+            f"{r['accuracy'] if r['accuracy'] is not None else r['cosine']:.3f}",
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center",
             va="bottom",
@@ -174,7 +156,7 @@ def save_report(rows: list[dict[str, Any]], out_dir: str | Path, chosen: dict[st
     ax2.set_ylabel("speed-up vs fp32 eager")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=7, rotation=45)
-    ax1.set_title("size (labels: accuracy)")
+    ax1.set_title("size (labels: accuracy, or cosine for embeddings)")
     ax2.set_title("latency, one batch")
     fig.tight_layout()
     fig.savefig(out / "report.png", dpi=110)
