@@ -1,4 +1,4 @@
-"""Run a function on N spawned gloo ranks on 127.0.0.1 and collect what each returns.
+"""Run a function on N gloo ranks on 127.0.0.1 and collect what each returns.
 
 One helper for every multi-process test, so each gets the same guarantees:
 - the parent hosts the rendezvous store on a port the OS picks (no port guessed, none taken in between);
@@ -8,6 +8,13 @@ One helper for every multi-process test, so each gets the same guarantees:
   process group still referenced from a reference cycle (a model's hooks, a precision policy) is
   destroyed during interpreter finalization, and gloo's worker threads then abort the process about one
   run in ten ("terminate called without an active exception").
+
+The ranks start from a "forkserver", not "spawn": a spawned rank re-imports torch and deepseek (about 2.5 s of
+CPU each, most of a short test), while the forkserver imports them once per test session and forks each rank
+from that state. Forking is safe there: the forkserver only imports (no torch op runs in it, so no OpenMP pool
+exists; numpy's OpenBLAS thread is stopped by OpenBLAS's own fork handler; the forkserver was seen with one
+thread when it forked ranks) and each rank creates its gloo group after the fork. A forked rank starts with the
+forkserver's environment, so it is handed the test's current one (``monkeypatch.setenv`` reaches it as with spawn).
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+# imported once in the forkserver, inherited by every rank; what the multi-process tests' workers use
+_PRELOAD = ["torch", "torch.distributed", "torch.distributed.fsdp", "torch.distributed.pipelining", "deepseek",
+            "pytest", "tests.gloo_ranks"]
+
 
 def run_ranks(worker: Callable[..., Any], world: int, *args: Any, timeout_s: float = 120.0) -> dict[int, Any]:
-    """``worker(rank, *args)`` on ``world`` spawned ranks inside one gloo group; returns ``{rank: result}``.
+    """``worker(rank, *args)`` on ``world`` forked ranks inside one gloo group; returns ``{rank: result}``.
 
     ``worker`` must be a module-level function and its result picklable (plain lists, not tensors that
     would share file descriptors). A rank that raises fails the test with that rank's traceback.
@@ -34,10 +45,12 @@ def run_ranks(worker: Callable[..., Any], world: int, *args: Any, timeout_s: flo
     store = dist.TCPStore(
         "127.0.0.1", 0, None, is_master=True, timeout=timedelta(seconds=timeout_s), wait_for_workers=False
     )
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # takes effect when the session's forkserver starts, no-op after
     results = ctx.Queue()
+    env = dict(os.environ)
     procs = [
-        ctx.Process(target=_rank_main, args=(worker, rank, world, store.port, timeout_s, results, args))
+        ctx.Process(target=_rank_main, args=(worker, rank, world, store.port, timeout_s, results, args, env))
         for rank in range(world)
     ]
     for proc in procs:
@@ -65,13 +78,16 @@ def run_ranks(worker: Callable[..., Any], world: int, *args: Any, timeout_s: flo
 
 
 def _rank_main(
-    worker: Callable[..., Any], rank: int, world: int, port: int, timeout_s: float, results: Any, args: tuple
+    worker: Callable[..., Any], rank: int, world: int, port: int, timeout_s: float, results: Any, args: tuple,
+    env: dict[str, str],
 ) -> None:
     import faulthandler
 
     import torch
     import torch.distributed as dist
 
+    os.environ.clear()  # the test's environment at run_ranks, not the forkserver's at its start
+    os.environ.update(env)
     faulthandler.enable()  # a rank that crashes (SIGSEGV) prints its Python stacks to the test's output
     torch.set_num_threads(1)  # the ranks share the machine's cores
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own connections stay on the loopback too
