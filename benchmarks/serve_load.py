@@ -1,4 +1,5 @@
-"""Closed-loop load against deepseek-serve on 127.0.0.1: dynamic batching on vs off, a plain FastAPI
+"""Closed-loop load against deepseek-serve on 127.0.0.1: dynamic batching on vs off, the model's OpenVINO
+version (``deepseek export --format openvino``, served by deepseek-serve with batching), a plain FastAPI
 endpoint and LitServe (when installed) serving the same model, and time to the first streamed token.
 
 The model is the pretrained MiniLM topic classifier (22.7M parameters, loaded offline from the
@@ -18,7 +19,7 @@ starts, e.g. LitServe's worker processes); each one's whole tree is ended when i
 all of them in a ``finally`` on an error, Ctrl-C or SIGTERM (``timeout``). The servers this script starts
 directly also get SIGKILL from the kernel if the script itself is killed with SIGKILL.
 
-    python benchmarks/serve_load.py [--requests 256] [--quick] [--servers batched,unbatched,plain,litserve]
+    python benchmarks/serve_load.py [--requests 256] [--quick] [--servers batched,unbatched,openvino,plain,litserve]
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
-SERVERS = ("batched", "unbatched", "plain", "litserve")
+SERVERS = ("batched", "unbatched", "openvino", "plain", "litserve")
 TREE_ENV = "DS_SERVE_LOAD_TREE"  # marks every process a run starts; its value is the run's token
 
 
-def build_model_dir(root: Path) -> Path:
-    """A MiniLM run directory (pretrained encoder, a fresh 10-topic head) and gpt2 small, with serve.yaml."""
+def build_model_dir(root: Path, openvino: bool = False) -> Path:
+    """A MiniLM run directory (pretrained encoder, a fresh 10-topic head) and gpt2 small, with serve.yaml;
+    ``openvino``: the run's OpenVINO IR beside it too (``deepseek export --format openvino``: version ``openvino``)."""
     import torch
     import yaml
     from safetensors.torch import save_model
@@ -76,6 +78,10 @@ def build_model_dir(root: Path) -> Path:
          "tokenizer": "minilm", "max_new_tokens": 32},
     ]}  # fmt: skip
     (root / "serve.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    if openvino:
+        subprocess.run([sys.executable, "-m", "deepseek", "export", str(run / "final"), "--format", "openvino",
+                        "--dynamic-batch", "--out", str(run / "model.openvino.xml")], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
     return root
 
 
@@ -312,7 +318,7 @@ def measure(name: str, url: str, texts: list[str], requests: int, server: subpro
         row["cpu_ms"] = 1e3 * (cpu_seconds(server) - cpu) / n
         after = batches(metrics_url)
         mean = f"  mean batch {(after[1] - before[1]) / max(1, after[0] - before[0]):4.1f}" if metrics_url else ""
-        print(f"{name:<24} c={c:<3} {row['requests']:>4} req  {row['throughput_rps']:7.1f} req/s  "
+        print(f"{name:<31} c={c:<3} {row['requests']:>4} req  {row['throughput_rps']:7.1f} req/s  "
               f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}  "
               f"server CPU {row['cpu_ms']:5.1f} ms/req{mean}", flush=True)  # fmt: skip
         rows.append(row)
@@ -336,11 +342,12 @@ def cpu_seconds(server: subprocess.Popen) -> float:
 
 
 def batches(metrics_url: str | None) -> tuple[float, float]:
-    """(forward passes, samples) of the topics model so far, from deepseek-serve's Prometheus histogram."""
+    """(forward passes, samples) of the topics model so far (``default`` when the run directory is served alone),
+    from deepseek-serve's Prometheus histogram."""
     if metrics_url is None:
         return 0.0, 0.0
     text = httpx.get(metrics_url, timeout=30).text
-    found = dict(re.findall(r'^ds_serve_batch_size_(count|sum)\{model="topics"\} ([\d.e+]+)$', text, re.M))
+    found = dict(re.findall(r'^ds_serve_batch_size_(count|sum)\{model="(?:topics|default)"\} ([\d.e+]+)$', text, re.M))
     return float(found.get("count", 0)), float(found.get("sum", 0))
 
 
@@ -421,6 +428,9 @@ def run_servers(tmp: Path, model_dir: str, texts: list[str], args: argparse.Name
         "batched": ("deepseek-serve batched", serve, "/readyz", "/v1/models/topics/predict"),
         "unbatched": ("deepseek-serve unbatched", [*serve, "--max-batch-size", "1"], "/readyz",
                       "/v1/models/topics/predict"),
+        # the run directory itself: served as model `default`, its IR beside it as version `openvino`
+        "openvino": ("deepseek-serve OpenVINO batched", [*serve[:5], str(Path(model_dir) / "minilm-topics"), *serve[6:]],
+                     "/readyz", "/v1/models/default/versions/openvino/predict"),
         "plain": ("plain FastAPI", [sys.executable, __file__, "--plain-server", model_dir], "/readyz", "/predict"),
         "litserve": ("LitServe batched", [sys.executable, __file__, "--litserve-server", model_dir], "/health",
                      "/predict"),
@@ -431,11 +441,12 @@ def run_servers(tmp: Path, model_dir: str, texts: list[str], args: argparse.Name
             print("LitServe: not installed (pip install litserve to add it to this table)")
             continue
         name, cmd, ready, route = plans[key]
-        src = {"PYTHONPATH": args.serve_src} if args.serve_src and key in ("batched", "unbatched") else None
+        ours = key in ("batched", "unbatched", "openvino")
+        src = {"PYTHONPATH": args.serve_src} if args.serve_src and ours else None
         proc = trees.start(cmd, tmp / f"{key}.log", src)
         try:
             url = wait_listening(proc, tmp / f"{key}.log", ready)
-            metrics = url + "/metrics" if key in ("batched", "unbatched") else None
+            metrics = url + "/metrics" if ours else None
             rows += measure(name, url + route, texts, args.requests, proc, metrics)
             if key == "batched":
                 first = asyncio.run(first_events(url + "/v1/models/gpt2/stream", args.streams))
@@ -470,6 +481,10 @@ def report(rows: list[dict], alone: dict[int, list[float]], first: list[float]) 
         lit = f", LitServe batched {theirs:.1f} ms ({alone_cpu / theirs:.0%})" if theirs else ""
         print(f"CPU a sample at concurrency 32 (less sensitive to other load): model alone at batch 32 {alone_cpu:.1f} ms; "
               f"deepseek-serve batched {mine:.1f} ms ({alone_cpu / mine:.0%} as efficient){lit}")  # fmt: skip
+    ov_failed = any(r["errors"] for r in rows if r["server"] == "deepseek-serve OpenVINO batched")
+    if on and (ov := at.get(("deepseek-serve OpenVINO batched", 32))) and not ov_failed:
+        print(f"deepseek-serve batched, OpenVINO version at concurrency 32: {ov:.1f} samples/s, x{ov / on:.2f} the "
+              f"torch version; {'the fastest' if ov >= max(v for (_, c), v in at.items() if c == 32) else 'not the fastest'} server here")  # fmt: skip
     for other in ("LitServe batched", "plain FastAPI"):
         if on and (theirs := at.get((other, 32))):
             verdict = f" (target >= 1: {'met' if on >= theirs else 'missed'})" if other.startswith("Lit") else ""
@@ -528,7 +543,7 @@ def main() -> None:
     trees = ProcessTrees(os.environ.get(TREE_ENV))  # a caller's token (the test) marks this run's servers too
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            model_dir = str(build_model_dir(Path(tmp)))
+            model_dir = str(build_model_dir(Path(tmp), openvino="openvino" in args.servers))
             texts = sentences(args.requests)
             alone = model_alone(model_dir, texts)
             rows, first = run_servers(Path(tmp), model_dir, texts, args, trees)

@@ -36,10 +36,10 @@ def _live(token: str) -> list[psutil.Process]:
     return out
 
 
-@pytest.mark.slow  # builds MiniLM and gpt2 and starts three servers: about 1-3 min on 2 cores
+@pytest.mark.slow  # builds MiniLM, its OpenVINO IR and gpt2, and starts four servers: about 2-3 min on 2 cores
 @pytest.mark.timeout(900)
 def test_quick_mode_prints_the_ceiling_and_the_ratios_and_leaves_no_process():
-    servers = "batched,unbatched,litserve" if HAS_LITSERVE else "batched,unbatched"
+    servers = "batched,unbatched,openvino,litserve" if HAS_LITSERVE else "batched,unbatched,openvino"
     proc = popen([sys.executable, str(BENCHMARK), "--quick", "--servers", servers],
                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -59,6 +59,9 @@ def test_quick_mode_prints_the_ceiling_and_the_ratios_and_leaves_no_process():
     server, ceiling, share, verdict = float(ratio[1]), float(ratio[2]), int(ratio[3]), ratio[4]
     assert share == round(100 * server / ceiling) or abs(share - 100 * server / ceiling) <= 1  # rounding of x.xx
     assert verdict == ("met" if share >= 90 else "missed") or abs(share - 90) <= 1
+    # the run's OpenVINO IR (deepseek export --format openvino) served as a version, beside the torch model
+    assert re.search(rf"^deepseek-serve batched, OpenVINO version at concurrency 32: {NUMBER} samples/s, x{NUMBER} the "
+                     rf"torch version; (the fastest|not the fastest) server here$", out, re.M), out  # fmt: skip
     assert re.search(rf"^throughput at concurrency 32: deepseek-serve batched {NUMBER} samples/s / model alone at "
                      rf"batch 32 {NUMBER} samples/s = \d+%$", out, re.M), out  # fmt: skip
     assert re.search(rf"^CPU a sample at concurrency 32 \(less sensitive to other load\): model alone at batch 32 "
