@@ -77,6 +77,9 @@ def deploy_verdict(rows: list[dict], model: str) -> str:
             if int8
             else "INT8: no row ran",
         ]
+        if bf16 := got.get(("bf16", "openvino bf16")):  # what OpenVINO runs an fp32 IR in by default on bf16 CPUs
+            parts.append(f"bf16 (OpenVINO's default precision on this CPU) {bf16['speedup']:.2f}x, cosine "
+                         f"{bf16['cosine']:.4f}")  # fmt: skip
         return "OpenVINO targets: " + "; ".join(parts)
     parts = []
     for level, ours, theirs in (("fp32", fp32, "onnxruntime"), ("int8", int8, "onnxruntime dynamic")):

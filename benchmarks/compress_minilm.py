@@ -52,7 +52,7 @@ def main() -> None:
     print(f"MiniLM-L6 embeddings, {len(batches)} validation batches of 32 texts x 48 tokens, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     print(HEADER)
-    rows = compare(model, batches, ("fp32", "fp16", "int8", "int4"), calib, repeats=args.repeats, task="embedding")
+    rows = compare(model, batches, ("fp32", "fp16", "bf16", "int8", "int4"), calib, repeats=args.repeats, task="embedding")
     print(int8_verdict(rows, key="cosine"))
     print(deploy_verdict(rows, "minilm"))
 

@@ -4,7 +4,7 @@
 
 - fp32: torch eager; ONNX Runtime; ONNX Runtime with its transformer fusions (dict inputs only, the
   MiniLM-like models they are for); OpenVINO; ExecuTorch (XNNPACK); LiteRT.
-- fp16 / bf16: torch (a cast copy).
+- fp16 / bf16: torch (a cast copy); bf16 also OpenVINO (the fp32 IR run with bf16 arithmetic).
 - int8: static pt2e (calibrated, inductor kernels); torchao weight-only; ONNX Runtime dynamic INT8;
   OpenVINO with NNCF post-training INT8; ExecuTorch XNNPACK INT8; LiteRT INT8 (the last three calibrated
   on ``calib``).
@@ -85,7 +85,11 @@ def _all_variants(model: nn.Module, level: str, calib: list[Any], example: Any, 
             "executorch xnnpack": target("executorch", None),
             "litert": target("litert", None),
         }
-    if level in ("fp16", "bf16"):
+    if level == "bf16":  # OpenVINO's CPU plugin runs the fp32 IR in bf16 where the CPU has bf16 units
+        return {"torch": (lambda: Quantizer(model, bit_width=16, dtype=level).compress(), False, size_bytes),
+                "openvino bf16": (lambda: _openvino_bf16(model, example, workdir / "openvino-bf16", calib), False,
+                                  size_bytes)}  # fmt: skip
+    if level == "fp16":
         return {"torch": (lambda: Quantizer(model, bit_width=16, dtype=level).compress(), False, size_bytes)}
     if level == "int4":
         return {
@@ -112,6 +116,13 @@ def _fused(model: nn.Module, example: Any, workdir: Path) -> nn.Module:
     from deepseek.export.ort_fusion import fused_onnx_variant
 
     return fused_onnx_variant(model, example, workdir)
+
+
+def _openvino_bf16(model: nn.Module, example: Any, workdir: Path, calib: list[Any]) -> nn.Module:
+    """The fp32 IR compiled with ``INFERENCE_PRECISION_HINT=bf16`` (fp32 weights on disk, bf16 arithmetic)."""
+    from deepseek.export.openvino import OpenVINOModule
+
+    return OpenVINOModule(_export_target("openvino", model, example, workdir, None, calib).path, precision="bf16")
 
 
 def _export_target(
