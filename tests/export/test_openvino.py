@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -126,3 +127,27 @@ def test_lenet_int8_agrees_with_fp32_and_is_smaller(lenet, lenet_ir, tmp_path):
     assert int8.size_bytes() < 0.5 * fp32.size_bytes()
     xml = path.read_text()
     assert "FakeQuantize" in xml or "FakeConvert" in xml or 'element_type="i8"' in xml
+
+
+def test_a_child_exiting_after_dataloader_workers_and_openvino_does_not_crash_the_parent(tmp_path):
+    # torch's DataLoader SIGCHLD handler and OpenVINO in one process: the next child to exit crashed the parent with
+    # SIGSEGV (in either order of the two). Run in a fresh interpreter so that the handler is really installed.
+    code = textwrap.dedent("""
+        import gc, subprocess, sys, torch
+        from torch.utils.data import DataLoader, TensorDataset
+        import deepseek as ds
+        from deepseek.export.openvino import OpenVINOModule, export_openvino
+        for _ in range(3):
+            for _ in DataLoader(TensorDataset(torch.randn(40, 3)), batch_size=4, num_workers=2):
+                pass
+        model, x = ds.models.build("lenet5", num_classes=10).eval(), torch.randn(4, 1, 28, 28)
+        path = export_openvino(model, (x,), sys.argv[1])
+        first, second = OpenVINOModule(path), OpenVINOModule(path)
+        first(x), second(x)
+        del first, second
+        gc.collect()
+        print(subprocess.run([sys.executable, "-c", "print('child')"], capture_output=True, text=True).stdout.strip())
+    """)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.xml")], capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip().endswith("child"), (done.returncode, done.stderr[-2000:])

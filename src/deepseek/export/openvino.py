@@ -55,7 +55,29 @@ def _openvino() -> Any:
         import openvino
     except ImportError:
         raise ImportError(f"OpenVINO export needs the openvino package: {EXTRA}") from None
+    _without_dataloader_sigchld_handler()
     return openvino
+
+
+def _without_dataloader_sigchld_handler() -> None:
+    """Keep torch's DataLoader from running its SIGCHLD handler in a process that has OpenVINO loaded.
+
+    With both in one process (openvino 2026.4, torch 2.13), the first child process to exit after a DataLoader
+    with workers has run (before or after OpenVINO was loaded) crashed the parent with SIGSEGV inside that
+    Python-level handler: a ``subprocess.run`` in a test, or a forked rank. The handler is only torch's fast path
+    for noticing a dead worker (a DataLoader still sees one through its queue timeouts), so it is removed, and
+    torch's flag that it is installed is set so that later DataLoaders do not put it back.
+    """
+    import signal
+
+    from torch.utils.data._utils import signal_handling
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be changed from the main thread
+    current = signal.getsignal(signal.SIGCHLD)
+    if getattr(current, "__qualname__", "") == "_set_SIGCHLD_handler.<locals>.handler":
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal_handling._SIGCHLD_handler_set = True
 
 
 def _nncf() -> Any:
