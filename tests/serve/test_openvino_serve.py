@@ -58,8 +58,8 @@ def test_openvino_versions_and_a_bare_ir_predict_like_torch(models):
             assert agree >= 21, f"INT8 agrees with torch on {agree}/24 digits"
             bare = c.predict("bare", x)  # no labels: the raw logits
             torch.testing.assert_close(torch.tensor(bare), logits, atol=1e-4, rtol=0)
-        # a request that names no version gets the first one listed: the run's torch model
+        # a request that names no version gets the fastest fp32 version (timed at warm-up), never the INT8 one
         r = httpx.post(server.url + "/v1/models/digits/predict", json={"instances": x[:2]}, timeout=60)
-        assert r.status_code == 200 and r.json()["version"] == "1"
+        assert r.status_code == 200 and r.json()["version"] in ("1", "openvino")
     finally:
         server.kill()

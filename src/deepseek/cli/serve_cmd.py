@@ -52,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 2**20), api_key=api_key,
         jobs_db=args.jobs_db or (model_dir / ".serve" / "jobs.sqlite"), max_job_attempts=args.max_job_attempts,
         job_lease_s=args.job_lease_s, grpc_port=args.grpc_port, grpc_host=args.host,
+        default_version=args.default_version,
     )  # fmt: skip
     if args.job_lease_s <= 0:
         raise UsageError(f"--job-lease-s: {args.job_lease_s:g} is not allowed; it must be > 0")
@@ -100,6 +101,9 @@ def check_grpc_port(grpc_port: int, http_port: int) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_dir", "--model-dir", dest="model_dir", required=True,
                    help="a run directory, a folder of runs/.onnx/.pt2 files/OpenVINO .xml IRs, or one with serve.yaml")  # fmt: skip
+    p.add_argument("--default-version", choices=("fastest", "first"), default="fastest",
+                   help="what a request naming no version gets: the fastest of a run's fp32 versions (the torch model, "
+                   "model.onnx, model.openvino.xml; timed at warm-up), or always the first (the torch model)")  # fmt: skip
     p.add_argument("--trust-code", action="store_true",
                    help="import the Python code (module:Class import paths) that the directory's config.yaml or "
                    "serve.yaml names: it runs with your permissions; without it only registered names load")  # fmt: skip

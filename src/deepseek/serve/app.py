@@ -2,7 +2,8 @@
 
 The work is done by :class:`deepseek.serve.server.Server`, shared with the gRPC transport.
 
-Routes (``{name}`` is a model; ``/versions/{version}`` may follow it, else its first version):
+Routes (``{name}`` is a model; ``/versions/{version}`` may follow it, else its default version: the first, or the
+fastest of a run's fp32 versions, see ``Server._pick_fastest``):
 
 - ``POST /v1/models/{name}/predict`` ``{"instances": [...], "parameters": {...}, "timeout_s": 5}``
 - ``POST /v1/models/{name}/jobs`` -> 202 ``{"id"}`` (200: the job an earlier submission with the same

@@ -10,6 +10,7 @@ batch (samples of different shapes or parameters run as separate groups), runs i
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ class ServedModel:
     fixed_batch: int | None = None  # an ONNX graph exported for one batch size: pad and split to it
     max_new_tokens: int = 256
     settings: dict[str, Any] = field(default_factory=dict)  # max_batch_size, max_delay_ms, max_queue, timeout_s, ...
+    # the version this one reproduces in fp32 (a run's model.onnx / model.openvino.xml reproduce version "1"):
+    # such versions answer alike, so serving makes the fastest of them the default (Server.pick_fastest)
+    fp32_of: str | None = None
 
     @property
     def generative(self) -> bool:
@@ -147,14 +151,24 @@ class ServedModel:
     # ---------------------------------------------------------------------------- warm-up
     def warm_up(self) -> None:
         """One forward at load, so the first request pays no lazy initialisation (ORT, kernels, tokenizer)."""
-        if self.spec.text:
-            sample = self.spec.parse_one("warm up", "warm-up")
-        else:
-            sample = {
-                k: torch.zeros([d or 1 for d in s.shape], dtype=DTYPES[s.dtype]) for k, s in self.spec.tensors.items()
-            }
         params = {"max_new_tokens": 1, "temperature": 0.0} if self.generative else {}
-        self.run([sample], params)
+        self.run([self._warm_up_sample()], params)
+
+    def _warm_up_sample(self) -> dict[str, torch.Tensor]:
+        if self.spec.text:
+            return self.spec.parse_one("warm up", "warm-up")
+        return {k: torch.zeros([d or 1 for d in s.shape], dtype=DTYPES[s.dtype]) for k, s in self.spec.tensors.items()}
+
+    def batch_ms(self, size: int, repeats: int = 3) -> float:
+        """Median milliseconds of one forward on ``size`` copies of the warm-up sample (after one untimed)."""
+        samples = [self._warm_up_sample()] * size
+        self.run(samples)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.run(samples)
+            times.append(1e3 * (time.perf_counter() - start))
+        return sorted(times)[len(times) // 2]
 
 
 def text_encoder(tokenizer: Any) -> Callable[[str], dict[str, torch.Tensor]]:

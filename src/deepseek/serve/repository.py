@@ -210,6 +210,9 @@ def load_run_versions(run_dir: Path, names: list[str], *, trust_code: bool = Fal
         # model.openvino.xml -> openvino, model.int8.openvino.xml -> int8-openvino, other.xml -> other-openvino
         core = ir.name.removesuffix(".xml").removesuffix(".openvino").removeprefix("model").lstrip(".")
         variants.append(_onnx_like(base, ir, _safe(f"{core}-openvino" if core else "openvino")))
+    for v in variants:  # deepseek export's fp32 files reproduce the run's model (checked within --atol when written)
+        if Path(v.source).name in ("model.onnx", "model.openvino.xml"):
+            v.fp32_of = base.version
     out = []
     for name in names:
         for v in variants:

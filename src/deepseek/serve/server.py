@@ -43,6 +43,9 @@ class ServeSettings:
     max_job_attempts: int = 3  # a job that crashed the server this many times running alone fails
     grpc_port: int | None = None  # also serve gRPC on this port (0: a free one; see Server.grpc_port)
     grpc_host: str = "127.0.0.1"
+    # "fastest": where a run's model is also served as fp32 exports of itself (model.onnx, model.openvino.xml), a
+    # request naming no version gets the fastest of them, timed at warm-up; "first": always the first version
+    default_version: str = "fastest"
 
 
 class Server:
@@ -109,9 +112,28 @@ class Server:
                 except Exception as exc:  # served anyway (its requests get 500); /readyz reports it
                     log.exception("warm-up of model '%s' version '%s' failed", m.name, m.version)
                     self.warm_up_errors[f"{m.name}:{m.version}"] = f"{type(exc).__name__}: {exc}"
+        if self.settings.default_version == "fastest":
+            await self._pick_fastest()
         self.ready = True
         loop = asyncio.get_running_loop()
         self.tasks += [loop.create_task(self._job_worker()) for _ in range(self.settings.job_workers)]
+
+    async def _pick_fastest(self) -> None:
+        """Make the fastest of a model's fp32-equivalent versions (``ServedModel.fp32_of``) its default: each is timed
+        on a full batch of its warm-up sample, one at a time on its own model thread, before the server is ready."""
+        for name, versions in self.models.items():
+            alike = [m for m in versions.values() if m.fp32_of in versions or any(o.fp32_of == m.version for o in
+                                                                                   versions.values())]  # fmt: skip
+            if len(alike) < 2 or any(f"{name}:{m.version}" in self.warm_up_errors for m in alike):
+                continue
+            ms = {}
+            for m in alike:
+                batcher = self.batchers[id(m.module)]
+                ms[m.version] = await batcher.run_alone(functools.partial(m.batch_ms, batcher.max_batch_size))
+            fastest = min(ms, key=ms.__getitem__)
+            self.models[name] = {fastest: versions[fastest], **{v: m for v, m in versions.items() if v != fastest}}
+            timed = ", ".join(f"{v} {t:.1f} ms" for v, t in ms.items())
+            log.info("model '%s': default version '%s', the fastest of its fp32 versions (%s)", name, fastest, timed)
 
     async def stop(self) -> None:
         # Python 3.11's wait_for can swallow a cancel that lands as its wait ends (a wake or its timeout):
