@@ -23,7 +23,7 @@ def cmd_nas(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     if args.algorithm is not None:
         space.algorithm = args.algorithm
-        if args.algorithm not in ALGORITHMS:  # argparse's choices already refuse it; kept for library callers
+        if args.algorithm not in ALGORITHMS:
             raise UsageError(f"--algorithm: {args.algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
     for flag, value in (("--sample-size", args.sample_size), ("--epochs", args.epochs)):
         if value is not None and value < 1:
@@ -45,8 +45,8 @@ def cmd_nas(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    from deepseek.search.nas.algorithms import ALGORITHMS
-
+    # deepseek.search imports optuna (the `search` extra): the parser of every command is built on each call, so it
+    # must not need it; cmd_nas checks --algorithm against ALGORITHMS (one line, exit code 2)
     p = sub.add_parser(
         "nas",
         help="architecture search from a YAML space, constraints checked before training",
@@ -57,7 +57,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("space", help="the search YAML (search_space, constraints, optimizer)")
     p.add_argument("--config", help="the base run config: its data, optimizer and training settings")
     p.add_argument("--output-dir", required=True, help="where the history, Pareto front and best.yaml go")
-    p.add_argument("--algorithm", choices=ALGORITHMS, help="overrides optimizer.algorithm")
+    p.add_argument("--algorithm", help="overrides optimizer.algorithm: reinforce, evolution, random or tpe")
     p.add_argument("--sample-size", type=int, help="the budget: candidates sampled (overrides optimizer.sample_size)")
     p.add_argument("--epochs", type=int, help="proxy training epochs per candidate (default evaluation.epochs or 1)")
     p.add_argument("--seed", type=int, help="the searcher's seed (overrides optimizer.seed)")
