@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,12 @@ def one_torch_thread():
 # README's test command), so the fixture is built once: tests/serve's model directory (a trained CNN, its ONNX
 # export and a gpt2) takes about 15 s. Without xdist the marker does nothing.
 SHARED_FIXTURE_GROUPS = {"serve": "serve"}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The free disk where the tests write, first in every log: a CI machine once ran out of it mid-suite."""
+    tmp = tempfile.gettempdir()
+    return f"free disk: {shutil.disk_usage(tmp).free / 2**30:.1f} GiB in {tmp}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
