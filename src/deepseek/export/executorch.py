@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from deepseek.export._variants import SingleFileModule, as_tuple, require
 from deepseek.export.onnx import TensorInputs
 
 INSTALL_HINT = "pip install 'deepseek-framework[executorch]'"
@@ -50,19 +50,7 @@ QUANTIZE_CHOICES = (None, "int8")
 
 
 def _require_executorch() -> None:
-    try:
-        import executorch.exir  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"ExecuTorch export needs the executorch package: {INSTALL_HINT} ({e})") from None
-
-
-def _as_tuple(example: Any, names: Sequence[str] | None = None) -> tuple[torch.Tensor, ...]:
-    """A tensor, a tuple/list of tensors or a dict of tensors (in ``names`` order) -> a tuple of tensors."""
-    if isinstance(example, dict):
-        return tuple(example[n] for n in (names or list(example)))
-    if isinstance(example, torch.Tensor):
-        return (example,)
-    return tuple(example)
+    require("executorch.exir", f"ExecuTorch export needs the executorch package: {INSTALL_HINT}")
 
 
 def _grow_batch(tensors: tuple[torch.Tensor, ...], rows: int) -> tuple[torch.Tensor, ...]:
@@ -127,7 +115,7 @@ def _quantize_pt2e(
     _restore_integer_constants(prepared)
     with torch.no_grad():
         for batch in calib:
-            batch = _as_tuple(batch, names)
+            batch = as_tuple(batch, names)
             for start in range(0, batch[0].shape[0], max_batch):  # the traced batch is at most max_batch
                 prepared(*(t[start : start + max_batch] for t in batch))
     return convert_pt2e(prepared)
@@ -160,7 +148,7 @@ def lower_executorch(
 
     names = list(input_names or (list(inputs) if isinstance(inputs, dict) else []))
     graph = TensorInputs(model, names).eval() if isinstance(inputs, dict) else model.eval()
-    tensors = _as_tuple(inputs, names)
+    tensors = as_tuple(inputs, names)
     if dynamic_batch:
         tensors = _grow_batch(tensors, max_batch)
         batch = torch.export.Dim("batch", min=1, max=max_batch)
@@ -212,7 +200,7 @@ def export_executorch(
     return path
 
 
-class ExecuTorchModule(nn.Module):
+class ExecuTorchModule(SingleFileModule, nn.Module):
     """A ``.pte`` program run by ExecuTorch's Python runtime (``executorch.runtime``) behind an ``nn.Module`` call.
 
     ``module(*tensors)`` or ``module({name: tensor})`` (``input_names`` order, else the dict's order) -> the
@@ -253,16 +241,10 @@ class ExecuTorchModule(nn.Module):
     @torch.no_grad()
     def forward(self, *inputs: Any) -> torch.Tensor:
         if len(inputs) == 1 and isinstance(inputs[0], dict):
-            inputs = _as_tuple(inputs[0], self.input_names or None)
+            inputs = as_tuple(inputs[0], self.input_names or None)
         tensors = [t.detach().cpu() for t in inputs]
         outs = [self._run(chunk) for chunk in self._chunks(tensors)]
         return torch.cat([o.clone() for o in outs]).float()  # clone: the runtime reuses its output buffers
-
-    def size_bytes(self) -> int:
-        return self.path.stat().st_size
-
-    def save(self, path: str | Path) -> Path:
-        return Path(shutil.copy(self.path, path))
 
 
 def executorch_variant(
@@ -280,7 +262,7 @@ def executorch_variant(
     Dict inputs (token ids: transformers) get INT8 with activations quantized per batch at run time: static
     activation scales gave MiniLM a cosine of 0.47 to fp32 where dynamic ones gave 0.99."""
     names = list(example) if isinstance(example, dict) else None
-    rows = _as_tuple(example, names)[0].shape[0]
+    rows = as_tuple(example, names)[0].shape[0]
     name = "model.int8.pte" if quantize == "int8" else "model.pte"
     path = export_executorch(model, example, Path(workdir) / name, quantize=quantize, calib=calib, input_names=names,
                              max_batch=max_batch or max(32, rows), dynamic_activations=names is not None)  # fmt: skip

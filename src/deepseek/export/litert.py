@@ -43,7 +43,6 @@ import contextlib
 import io
 import logging
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from deepseek.export._variants import SingleFileModule, as_tuple, require
 from deepseek.export.onnx import TensorInputs
 from deepseek.export.openvino import is_transformer
 
@@ -65,19 +65,12 @@ QUANTIZE_CHOICES = (None, "int8")
 
 
 def _interpreter_class() -> Any:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as e:
-        raise ImportError(f"LiteRT needs the ai-edge-litert interpreter: {INSTALL_HINT} ({e})") from None
-    return Interpreter
+    interpreter = require("ai_edge_litert.interpreter", f"LiteRT needs the ai-edge-litert interpreter: {INSTALL_HINT}")
+    return interpreter.Interpreter
 
 
 def _converter() -> Any:
-    try:
-        import litert_torch
-    except ImportError as e:
-        raise ImportError(f"LiteRT export needs the litert-torch converter: {CONVERTER_HINT} ({e})") from None
-    return litert_torch
+    return require("litert_torch", f"LiteRT export needs the litert-torch converter: {CONVERTER_HINT}")
 
 
 @contextlib.contextmanager
@@ -101,19 +94,10 @@ def _quiet_converter(litert_torch: Any) -> Iterator[None]:
         root.level = level
 
 
-def _as_tuple(example: Any, names: Sequence[str] | None = None) -> tuple[torch.Tensor, ...]:
-    """A tensor, a tuple/list of tensors or a dict of tensors (in ``names`` order) -> a tuple of tensors."""
-    if isinstance(example, dict):
-        return tuple(example[n] for n in (names or list(example)))
-    if isinstance(example, torch.Tensor):
-        return (example,)
-    return tuple(example)
-
-
 def _rebatch(calib: Sequence[Any], rows: int) -> Iterator[tuple[torch.Tensor, ...]]:
     """The calibration rows in batches of exactly ``rows`` (the exported program's fixed batch), the last one
     filled up cyclically from the first rows: calibration batches often differ in size from the example."""
-    items = [_as_tuple(c) for c in calib]
+    items = [as_tuple(c) for c in calib]
     tensors = [torch.cat([item[i] for item in items]) for i in range(len(items[0]))]
     total = tensors[0].shape[0]
     for start in range(0, total, rows):
@@ -158,7 +142,7 @@ def export_litert(
         raise ValueError(f"quantize={quantize!r} is not supported; choose one of {list(QUANTIZE_CHOICES)}")
     litert_torch = _converter()
     model = model.eval()
-    inputs = _as_tuple(inputs, input_names)
+    inputs = as_tuple(inputs, input_names)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if dynamic_activations is None:
@@ -183,11 +167,8 @@ def export_litert(
 def quantize_litert(src: str | Path, dst: str | Path, recipe: str = "dynamic_wi8_afp32") -> Path:
     """Quantize a ``.tflite`` file with an ai-edge-quantizer recipe (default: INT8 weights per channel, activations
     quantized at run time; ``weight_only_wi8_afp32``: INT8 weights dequantized to fp32) and write it to ``dst``."""
-    try:
-        from ai_edge_quantizer import quantizer
-        from ai_edge_quantizer import recipe as recipes
-    except ImportError as e:
-        raise ImportError(f"LiteRT INT8 needs ai-edge-quantizer: {QUANTIZER_HINT} ({e})") from None
+    needs = f"LiteRT INT8 needs ai-edge-quantizer: {QUANTIZER_HINT}"
+    quantizer, recipes = require("ai_edge_quantizer.quantizer", needs), require("ai_edge_quantizer.recipe", needs)
     allowed = ("dynamic_wi8_afp32", "weight_only_wi8_afp32")
     if recipe not in allowed:
         raise ValueError(f"recipe={recipe!r} is not supported; choose one of {list(allowed)}")
@@ -223,7 +204,7 @@ def _from_runtime(array: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return array
 
 
-class LiteRTModule(nn.Module):
+class LiteRTModule(SingleFileModule, nn.Module):
     """A ``.tflite`` file run by ``ai_edge_litert.interpreter.Interpreter`` behind an ``nn.Module`` call.
 
     ``module(*tensors)`` (each (N, ...)) or ``module({name: tensor})`` (names in ``input_names`` order, else the
@@ -256,7 +237,7 @@ class LiteRTModule(nn.Module):
         return _from_runtime(self._runner(**feeds)[self._output], self._output_detail)
 
     def forward(self, *inputs: Any) -> torch.Tensor:
-        tensors = _as_tuple(inputs[0], self.input_names) if len(inputs) == 1 else _as_tuple(inputs)
+        tensors = as_tuple(inputs[0], self.input_names) if len(inputs) == 1 else as_tuple(inputs)
         if len(tensors) != len(self._inputs):
             raise ValueError(f"{self.path.name} takes {len(self._inputs)} inputs, got {len(tensors)}")
         arrays = [t.detach().cpu().numpy() for t in tensors]
@@ -268,15 +249,6 @@ class LiteRTModule(nn.Module):
                 chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
             outputs.append(self._run(chunk)[: self.batch - short])
         return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False))
-
-    def size_bytes(self) -> int:
-        return self.path.stat().st_size
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        if path.resolve() != self.path.resolve():
-            shutil.copy(self.path, path)
-        return path
 
     def __getstate__(self) -> dict[str, Any]:  # the interpreter does not pickle: reload from the file
         return {"path": self.path, "input_names": self.input_names, "num_threads": self.num_threads}
@@ -300,8 +272,8 @@ def litert_variant(
     names = list(example) if isinstance(example, dict) else None
     if names:
         model = TensorInputs(model, names).eval()
-    tensors = _as_tuple(example, names)
-    calib_tuples = [_as_tuple(c, names) for c in calib] if calib else None
+    tensors = as_tuple(example, names)
+    calib_tuples = [as_tuple(c, names) for c in calib] if calib else None
     name = "model.int8.tflite" if quantize == "int8" else "model.tflite"
     path = export_litert(model, tensors, Path(workdir) / name, quantize=quantize, calib=calib_tuples)
     return LiteRTModule(path, input_names=names)

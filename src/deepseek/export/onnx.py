@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from deepseek.export._variants import first_tensor, split_example
+
 
 class TensorInputs(nn.Module):
     """Wraps a model that takes a dict of tensors (``{"input_ids": ..., "attention_mask": ...}``)
@@ -207,12 +209,9 @@ def onnx_variant(model: nn.Module, example: Any, workdir: str | Path, quantize: 
     """``model`` exported (any batch size) and loaded in ONNX Runtime, optionally INT8 (dynamic) or INT4
     (MatMulNBits). ``example``: a tensor, a tuple of tensors or a dict of tensors (MiniLM's inputs)."""
     workdir = Path(workdir)
-    if isinstance(example, dict):
-        names, tensors = list(example), tuple(example.values())
+    names, tensors = split_example(example)
+    if isinstance(example, dict):  # export takes the tensors positionally
         model = TensorInputs(model, names).eval()
-    else:
-        tensors = example if isinstance(example, tuple) else (example,)
-        names = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
     path = export_onnx(
         model, tensors, workdir / "model.onnx", input_names=names, dynamic={n: {0: "batch"} for n in names}
     )
@@ -223,18 +222,10 @@ def onnx_variant(model: nn.Module, example: Any, workdir: str | Path, quantize: 
     return OnnxModule(path)
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    return out
-
-
 @torch.no_grad()
 def verify_onnx(path: str | Path, model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
     """Largest absolute difference between ONNX Runtime's first output and torch's on ``inputs``."""
-    expected = _first_tensor(model.eval()(*inputs)).float().cpu().numpy()
+    expected = first_tensor(model.eval()(*inputs)).float().cpu().numpy()
     got = run_onnx(onnx_session(path), inputs)[0]
     if got.shape != expected.shape:
         raise ValueError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")

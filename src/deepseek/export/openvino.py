@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from deepseek.export._variants import default_names, first_tensor, split_example
 from deepseek.export.onnx import TensorInputs
 
 EXTRA = "pip install 'deepseek-framework[openvino]'"
@@ -89,7 +90,7 @@ def _nncf() -> Any:
 
 
 def _names(inputs: Sequence[torch.Tensor], input_names: Sequence[str] | None) -> list[str]:
-    names = list(input_names or (["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]))
+    names = list(input_names or default_names(len(inputs)))
     if len(names) != len(inputs):
         raise ValueError(f"input_names has {len(names)} names for {len(inputs)} inputs")
     return names
@@ -264,18 +265,10 @@ class OpenVINOModule(nn.Module):
         self._compile(_openvino())
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    return out
-
-
 @torch.no_grad()
 def verify_openvino(path: str | Path, model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
     """Largest absolute difference between OpenVINO's first output (fp32 inference) and torch's on ``inputs``."""
-    expected = _first_tensor(model.eval()(*inputs)).float().cpu()
+    expected = first_tensor(model.eval()(*inputs)).float().cpu()
     got = OpenVINOModule(path)(*inputs)
     if got.shape != expected.shape:
         raise ValueError(f"OpenVINO output shape {tuple(got.shape)} differs from torch's {tuple(expected.shape)}")
@@ -292,12 +285,9 @@ def openvino_variant(
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize={quantize!r}: OpenVINO takes None (fp32) or 'int8'")
     workdir = Path(workdir)
-    if isinstance(example, dict):
-        names, tensors = list(example), tuple(example.values())
+    names, tensors = split_example(example)
+    if isinstance(example, dict):  # export takes the tensors positionally
         model = TensorInputs(model, names).eval()
-    else:
-        tensors = example if isinstance(example, tuple) else (example,)
-        names = _names(tensors, None)
     if quantize == "int8":
         path = quantize_openvino(model, tensors, list(calib or [example]), workdir / "model.int8.openvino.xml",
                                  input_names=names)  # fmt: skip
