@@ -53,6 +53,26 @@ def _train_losses(model: torch.nn.Module, batches: list, run_dir: Path, lr: floa
 
 
 @needs_onnx2torch
+@pytest.mark.slow  # trains a Keras CNN in TensorFlow and converts it: about 20 s
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None,
+    reason="the conversion needs the tf extra (pip install -c constraints.txt -e '.[tf]')",
+)
+def test_a_keras_model_converted_by_tf2onnx_here_matches_tensorflow(tmp_path: Path):
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run([sys.executable, str(FIXTURE / "make_keras_onnx.py"), "--out", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "validation accuracy" in done.stdout, done.stdout
+    expected = np.load(tmp_path / "digits_keras_expected.npz")
+    model = ds.models.from_onnx(tmp_path / "digits_keras.onnx").eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(expected["inputs"]))
+    np.testing.assert_allclose(logits.numpy(), expected["logits"], rtol=0, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == KERAS_PARAMETERS
+
+
+@needs_onnx2torch
 def test_keras_model_converted_by_tf2onnx_matches_tensorflow():
     expected = np.load(FIXTURE / "digits_keras_expected.npz")
     model = ds.models.from_onnx(FIXTURE / "digits_keras.onnx")
