@@ -54,7 +54,8 @@ def test_the_report_compares_litserve_at_concurrency_32(capsys: pytest.CaptureFi
     alone = {1: [0.010] * 3, 32: [0.160] * 3, 0: [0.320] * 3}
     rows = [row("deepseek-serve batched", 32, 180.0, 12.0), row("deepseek-serve unbatched", 32, 90.0, 20.0),
             row("LitServe batched", 32, 150.0, 20.0)]  # fmt: skip
-    _serve_load().report(rows, alone, [])
+    report = _serve_load().report
+    report(rows, alone, [])
     out = capsys.readouterr().out
     assert "ceiling x2.00" in out, out
     assert "batched/unbatched x2.00 / model alone batch 32/batch 1 x2.00 = 100% of the ceiling (target >= 90%: met)" in out
@@ -62,7 +63,7 @@ def test_the_report_compares_litserve_at_concurrency_32(capsys: pytest.CaptureFi
     assert ("LitServe batched at concurrency 32: 150.0 samples/s (75% of the model alone); deepseek-serve batched "
             "x1.20 LitServe batched (target >= 1: met)") in out, out  # fmt: skip
     assert "LitServe batched 20.0 ms (50%)" in out, out  # CPU a sample: the model alone's 10 ms over LitServe's 20
-    _serve_load().report([rows[0], row("LitServe batched", 32, 200.0, 10.0)], alone, [])
+    report([rows[0], row("LitServe batched", 32, 200.0, 10.0)], alone, [])
     assert "x0.90 LitServe batched (target >= 1: missed)" in capsys.readouterr().out
 
 
